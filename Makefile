@@ -1,0 +1,34 @@
+# Two commands: `make test` and `make demo`. Both create .venv if missing and
+# install the core and every adapter (editable) with their test dependencies.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ADAPTERS := $(wildcard adapters/*/pyproject.toml)
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo install docs bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt $(ADAPTERS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]" \
+		$(foreach a,$(ADAPTERS),-e "$(dir $(a))[test]")
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/overhead.py
+
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"
+	$(PY) -m sphinx -W -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) docs/_build

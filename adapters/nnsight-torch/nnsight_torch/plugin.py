@@ -1,0 +1,94 @@
+"""Hook implementations for :class:`~nnsight_torch.NNsight` (and, as a fallback, its subclasses).
+
+Each hook is ``trylast`` so that adapters for ``NNsight`` subclasses are asked first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch.utils import _pytree as pytree
+
+from nnsight_core import BatchError, hookimpl
+
+from .model import NNsight
+
+
+@hookimpl(trylast=True)
+def nnsight_load(model: Any, model_key: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                 meta: bool) -> Optional[torch.nn.Module]:
+    if not isinstance(model, NNsight):
+        return None
+    if isinstance(model_key, torch.nn.Module):
+        return model_key
+    raise TypeError(f"NNsight wraps a torch.nn.Module instance, not {type(model_key).__name__} "
+                    f"{model_key!r}; for a Hugging Face model id use LanguageModel (nnsight-transformers).")
+
+
+@hookimpl(trylast=True)
+def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
+                           kwargs: Dict[str, Any]) -> Optional[Tuple[Any, int]]:
+    if not isinstance(model, NNsight):
+        return None
+    for leaf in pytree.tree_leaves((inputs, kwargs)):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            return (inputs, kwargs), leaf.shape[0]
+    raise BatchError(f"NNsight found no tensor with a batch dimension among the invoke's inputs "
+                     f"({', '.join(type(i).__name__ for i in inputs) or 'none'}); pass the module's "
+                     "inputs as tensors whose first dimension is the batch.")
+
+
+@hookimpl(trylast=True)
+def nnsight_batch_inputs(model: Any, prepared: List[Any], batch_sizes: List[int]) -> Optional[Any]:
+    if not isinstance(model, NNsight):
+        return None
+    if len(prepared) == 1:
+        return prepared[0]
+    flat = [pytree.tree_flatten(p) for p in prepared]
+    spec = flat[0][1]
+    for i, (_, other) in enumerate(flat[1:], 1):
+        if other != spec:
+            raise BatchError(f"invoke {i}'s inputs are structured differently from invoke 0's; "
+                             "every invoke must pass the same arguments (only batch rows may differ).")
+    leaves = []
+    for k, column in enumerate(zip(*(f[0] for f in flat))):
+        if all(isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n
+               for v, n in zip(column, batch_sizes)):
+            leaves.append(torch.cat(column))
+        elif all(_same(v, column[0]) for v in column[1:]):
+            leaves.append(column[0])
+        else:
+            raise BatchError(f"input leaf {k} differs between invokes but is not a tensor with one "
+                             "row per batch item; only batch-first tensors can differ between invokes.")
+    return pytree.tree_unflatten(leaves, spec)
+
+
+@hookimpl(trylast=True)
+def nnsight_execute(model: Any, batched: Any, kwargs: Dict[str, Any]) -> Any:
+    if not isinstance(model, NNsight):
+        return None
+    args, invoke_kwargs = batched
+    device = _device(model._model)
+    if device is not None:
+        args, invoke_kwargs = pytree.tree_map(
+            lambda t: t.to(device) if isinstance(t, torch.Tensor) and t.device != device else t,
+            (args, invoke_kwargs))
+    return model._model(*args, **invoke_kwargs, **kwargs)
+
+
+def _device(module: torch.nn.Module) -> Optional[torch.device]:
+    for param in module.parameters():
+        return param.device if param.device.type != "meta" else None
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - incomparable values are different values
+        return False

@@ -1,0 +1,52 @@
+"""nnsight_core: record interventions on a PyTorch model's activations and run them with its forward pass.
+
+The core is framework-agnostic; adapters (``nnsight-torch``, ``nnsight-transformers``,
+``nnsight-diffusers`` or your own) implement the hooks of :mod:`nnsight_core.hookspecs`
+and register under the ``nnsight_core`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from .envoy import Envoy
+from .errors import (AdapterNotFoundError, BatchError, EnvoyAttributeError, InterventionError,
+                     InvokeError, MissedCallError, ModuleIndexError, NNsightError,
+                     OutOfOrderEditError, ProxyControlFlowError, ProxyScopeError, TraceStateError,
+                     ValueNotSetError)
+from .graph import OPS, Graph, Node
+from .hookspecs import hookimpl, hookspec
+from .interleaver import Interleaver
+from .model import NNsightModel
+from .plugins import get_plugin_manager
+from .proxy import InterventionProxy, Proxy
+from .tracer import Invoker, Runner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterNotFoundError",
+    "BatchError",
+    "Envoy",
+    "EnvoyAttributeError",
+    "Graph",
+    "Interleaver",
+    "InterventionError",
+    "InterventionProxy",
+    "InvokeError",
+    "Invoker",
+    "MissedCallError",
+    "ModuleIndexError",
+    "NNsightError",
+    "NNsightModel",
+    "Node",
+    "OPS",
+    "OutOfOrderEditError",
+    "Proxy",
+    "ProxyControlFlowError",
+    "ProxyScopeError",
+    "Runner",
+    "TraceStateError",
+    "ValueNotSetError",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+]

@@ -1,0 +1,205 @@
+"""Envoy: the stand-in for one module of the wrapped model.
+
+Envoys mirror the module tree. Outside a trace they reach the module's
+children and attributes; inside a trace ``.output``, ``.input`` and
+``.inputs`` are proxies for the values of the module's current call, and
+assigning them records an edit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator, List, Union
+
+import torch
+
+from . import _state
+from .errors import EnvoyAttributeError, InvokeError, ModuleIndexError, TraceStateError
+from .graph import display_path
+
+if TYPE_CHECKING:
+    from .model import NNsightModel
+    from .proxy import Proxy
+    from .tracer import Invoker, Runner
+
+__all__ = ["Envoy"]
+
+
+class Envoy:
+    """Access to one module's inputs and outputs inside a trace.
+
+    Example:
+        >>> with model.trace(x):
+        ...     model.layer1.output[:, 0] = 0          # edit in place
+        ...     out = model.layer2.input.save()        # first positional argument
+        >>> out.value   # doctest: +SKIP
+
+    A child whose name collides with an envoy attribute (``output``, ``input``,
+    ``inputs``, ``next``) is reached with ``envoy["output"]``.
+    """
+
+    def __init__(self, module: torch.nn.Module, path: str, model: NNsightModel) -> None:
+        d = self.__dict__
+        d["_module"] = module
+        d["_path"] = path
+        d["_wrapper"] = model
+        d["_children"] = {}
+
+    # -- tree ------------------------------------------------------------------
+
+    def _child(self, name: str) -> Envoy:
+        child = self._children.get(name)
+        if child is None:
+            path = f"{self._path}.{name}" if self._path else name
+            child = Envoy(self._module._modules[name], path, self._wrapper)
+            self._children[name] = child
+        return child
+
+    def _rebind(self, module: torch.nn.Module) -> None:
+        self.__dict__["_module"] = module
+        for name, child in list(self._children.items()):
+            if name in module._modules:
+                child._rebind(module._modules[name])
+            else:
+                del self._children[name]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        module = self.__dict__["_module"]
+        if name in module._modules:
+            return self._child(name)
+        try:
+            return getattr(module, name)
+        except AttributeError:
+            pass
+        children = ", ".join(module._modules) or "none"
+        raise EnvoyAttributeError(
+            f"{display_path(self._path)}.{name} does not exist: {display_path(self._path)} "
+            f"({type(module).__name__}) has no child module or attribute {name!r}; its children "
+            f"are: {children}."
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._module, name, value)
+            self._children.pop(name, None)
+
+    def __getitem__(self, key: Union[int, slice, str]) -> Union[Envoy, List[Envoy]]:
+        names = list(self._module._modules)
+        if isinstance(key, str):
+            if key not in self._module._modules:
+                raise EnvoyAttributeError(f"{display_path(self._path)} has no child {key!r}; its "
+                                          f"children are: {', '.join(names) or 'none'}.")
+            return self._child(key)
+        if isinstance(key, slice):
+            return [self._child(n) for n in names[key]]
+        try:
+            index = int(key)
+        except TypeError:
+            raise TypeError(f"{display_path(self._path)}[...] takes an int, a slice or a child "
+                            f"name, not {type(key).__name__}") from None
+        if not -len(names) <= index < len(names):
+            last = f" (0-{len(names) - 1})" if names else ""
+            raise ModuleIndexError(
+                f"{display_path(self._path)}[{index}] does not exist: "
+                f"{display_path(self._path)} has {len(names)} modules{last}."
+            )
+        return self._child(names[index])
+
+    def __iter__(self) -> Iterator[Envoy]:
+        return (self._child(n) for n in list(self._module._modules))
+
+    def __len__(self) -> int:
+        return len(self._module._modules)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __dir__(self) -> List[str]:
+        return sorted(set(super().__dir__()) | set(self._module._modules))
+
+    def __repr__(self) -> str:
+        return repr(self._module)
+
+    # -- module values inside a trace -------------------------------------------
+
+    @property
+    def output(self) -> Proxy:
+        """The module's output at its current call (readable, assignable, editable in place)."""
+        return self._value("output")
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        self._assign("output", "set_output", value)
+
+    @property
+    def inputs(self) -> Proxy:
+        """What the module received at its current call, as ``(args, kwargs)``."""
+        return self._value("inputs")
+
+    @inputs.setter
+    def inputs(self, value: Any) -> None:
+        self._assign("inputs", "set_inputs", value)
+
+    @property
+    def input(self) -> Proxy:
+        """The module's first positional argument at its current call."""
+        return self._value("inputs")[0][0]
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        self._assign("inputs", "set_input", value)
+
+    def next(self, steps: int = 1) -> Envoy:
+        """Move this envoy to the module's next call (for the current invoke) and return it.
+
+        Example:
+            >>> with model.trace(x):
+            ...     first = model.shared.output.save()
+            ...     second = model.shared.next().output.save()
+        """
+        invoker = self._invoker("next()")
+        invoker._cursors[self._path] = invoker._cursors.get(self._path, 0) + steps
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        runner = _state.current_runner()
+        if runner is None or runner._model is not self._wrapper:
+            return self._module(*args, **kwargs)
+        from .proxy import _record  # noqa: PLC0415 - proxy imports envoy's users
+        return _record(self._wrapper.proxy_class, "call_module", self._path, args, kwargs)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _invoker(self, what: str) -> Invoker:
+        runner = _state.current_runner()
+        name = f"{display_path(self._path)}.{what}"
+        if runner is None or runner._model is not self._wrapper:
+            raise TraceStateError(
+                f"{name} is only available inside `with model.trace(...)` of the model that owns it."
+            )
+        invoker = runner._invoker
+        if invoker is None:
+            raise InvokeError(
+                f"{name} was used outside an invoke: inside `with model.trace() as tracer:` "
+                "with no inputs, put it inside a `with tracer.invoke(inputs):` block."
+            )
+        return invoker
+
+    def _value(self, kind: str) -> Proxy:
+        invoker = self._invoker(kind)
+        key = (kind, self._path, invoker._cursors.get(self._path, 0))
+        proxy = invoker._current.get(key)
+        if proxy is None:
+            proxy = invoker._module_node(kind, key[1], key[2])
+            invoker._current[key] = proxy
+        return proxy
+
+    def _assign(self, kind: str, op: str, value: Any) -> None:
+        current = self._value(kind)
+        invoker = self._invoker(kind)
+        key = (kind, self._path, invoker._cursors.get(self._path, 0))
+        invoker._current[key] = invoker._set_node(op, key[1], key[2], current, value)
+

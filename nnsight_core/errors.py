@@ -1,0 +1,76 @@
+"""Exceptions raised by nnsight_core and its adapters.
+
+Every exception subclasses :class:`NNsightError` and the nearest built-in, so
+``except ValueError`` keeps working for code written against plain PyTorch.
+Messages name the module path, invoke or node involved, then the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NNsightError",
+    "ValueNotSetError",
+    "ProxyControlFlowError",
+    "ProxyScopeError",
+    "EnvoyAttributeError",
+    "ModuleIndexError",
+    "TraceStateError",
+    "InvokeError",
+    "BatchError",
+    "MissedCallError",
+    "OutOfOrderEditError",
+    "InterventionError",
+    "AdapterNotFoundError",
+]
+
+
+class NNsightError(Exception):
+    """Raised for any misuse or failure detected by nnsight_core (base class)."""
+
+
+class ValueNotSetError(NNsightError, ValueError):
+    """Raised when a proxy's value is read before it exists or after it was freed."""
+
+
+class ProxyControlFlowError(NNsightError, TypeError):
+    """Raised when Python control flow (``if``, ``len``, ``for``) is used on a proxy inside a trace."""
+
+
+class ProxyScopeError(NNsightError, RuntimeError):
+    """Raised when a proxy is used in a trace it does not belong to."""
+
+
+class EnvoyAttributeError(NNsightError, AttributeError):
+    """Raised when an envoy has no child module or module attribute of the requested name."""
+
+
+class ModuleIndexError(NNsightError, IndexError):
+    """Raised when a module container (``ModuleList``, ``Sequential``) is indexed out of range."""
+
+
+class TraceStateError(NNsightError, RuntimeError):
+    """Raised when an API that needs an open trace (or no open trace) is used at the wrong time."""
+
+
+class InvokeError(NNsightError, RuntimeError):
+    """Raised when invokes are opened, nested or left empty in a way the Runner cannot batch."""
+
+
+class BatchError(NNsightError, ValueError):
+    """Raised when invokes' inputs or an edit cannot be mapped onto the batch rows."""
+
+
+class MissedCallError(NNsightError, RuntimeError):
+    """Raised when the graph waits on a module call that never happened during execution."""
+
+
+class OutOfOrderEditError(NNsightError, RuntimeError):
+    """Raised when an edit of a module value depends on a value computed after that module ran."""
+
+
+class InterventionError(NNsightError, RuntimeError):
+    """Raised when a recorded operation fails while the model runs; the cause is chained."""
+
+
+class AdapterNotFoundError(NNsightError, LookupError):
+    """Raised when no installed adapter answers a hook for a model class."""

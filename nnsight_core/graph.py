@@ -1,0 +1,303 @@
+"""Graph and Node: the intervention program recorded inside ``model.trace(...)``.
+
+The graph is data. Each :class:`Node` names its operation from the closed
+vocabulary :data:`OPS`; its arguments are constants or other nodes. The
+:class:`~nnsight_core.interleaver.Interleaver` runs a graph alongside the
+model's forward pass, dispatching ``getattr(interleaver, node.op)(node)``, so
+the vocabulary is also the Interleaver's list of override points.
+"""
+
+from __future__ import annotations
+
+import linecache
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+__all__ = ["Graph", "Node", "OPS", "MODULE_VALUE_OPS", "EMPTY", "display_path"]
+
+#: The closed vocabulary of node operations, with what ``target`` and ``args`` hold.
+OPS: Dict[str, str] = {
+    "output": "An invoke's rows of a module's output at one call. target: (module path, call index); "
+    "no args. The Interleaver's forward hook supplies the value.",
+    "inputs": "An invoke's rows of what a module received at one call, as (args, kwargs). "
+    "target: (module path, call index); no args. The forward pre-hook supplies the value.",
+    "set_output": "Replace an invoke's rows of a module's output. target: (module path, call index); "
+    "args: (the output node, new value).",
+    "set_inputs": "Replace what a module receives. target: (module path, call index); "
+    "args: (the inputs node, new (args, kwargs)).",
+    "set_input": "Replace a module's first positional argument. target: (module path, call index); "
+    "args: (the inputs node, new value).",
+    "operator": "A Python operator. target: its name in the standard `operator` module ('add', 'neg', ...).",
+    "getitem": "value[index]. args: (value, index).",
+    "setitem": "value[index] = new, in place. args: (value, index, new).",
+    "getattr": "An attribute of a value. target: attribute name; args: (value,).",
+    "call_method": "A method call. target: method name; args: (self, *args).",
+    "call_function": "A torch function (recorded through __torch_function__). target: the function.",
+    "call_module": "An ad-hoc call of a submodule, not hooked. target: module path; args: call arguments.",
+    "save": "Keep args[0]'s value after the trace. args: (value,).",
+}
+
+#: Ops whose value belongs to one module call: they run inside that module's hook.
+MODULE_VALUE_OPS = frozenset({"output", "inputs", "set_output", "set_inputs", "set_input"})
+_FED_OPS = frozenset({"output", "inputs"})
+# Ops through which an in-place edit still reaches the value they were taken from.
+_VIEW_OPS = frozenset({"getitem", "getattr", "save"})
+_VIEW_METHODS = frozenset(
+    {"view", "view_as", "reshape", "transpose", "permute", "select", "narrow", "unsqueeze",
+     "squeeze", "flatten", "unflatten", "expand", "expand_as", "t", "T", "mT", "unbind",
+     "split", "chunk", "diagonal", "movedim", "swapaxes", "as_strided", "__getitem__", "detach"}
+)
+
+
+class _Empty:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<empty>"
+
+
+#: Sentinel for "no value": a node not yet run, or whose value was freed.
+EMPTY: Any = _Empty()
+
+
+def display_path(path: str) -> str:
+    """``'transformer.h.0.mlp'`` -> ``'model.transformer.h[0].mlp'``."""
+    if not path:
+        return "model"
+    return "model" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split("."))
+
+
+class Node:
+    """One operation of the intervention program.
+
+    Attributes:
+        graph: The graph that owns the node.
+        index: Position in ``graph.nodes``; execution of simultaneously ready
+            nodes follows it, i.e. the order the user wrote them.
+        op: Operation name, a key of :data:`OPS`.
+        target: Operation-specific target (see :data:`OPS`).
+        args: Positional arguments: constants, or nodes nested in tuples, lists,
+            dicts and slices.
+        kwargs: Keyword arguments, likewise.
+        deps: The distinct nodes ``args``/``kwargs`` refer to.
+        users: Nodes that take this node as an argument.
+        invoke: Index of the invoke that recorded the node, or None.
+        saved: Whether the value outlives the trace.
+        where: ``(filename, line)`` of the user's code that recorded it.
+        value: The computed value, or :data:`EMPTY`.
+    """
+
+    __slots__ = (
+        "graph", "index", "op", "target", "args", "kwargs", "deps", "users", "invoke",
+        "saved", "where", "value", "done", "mutated", "_pending", "_uses_left", "_flat",
+    )
+
+    def __init__(self, graph: Graph, index: int, op: str, target: Any, args: tuple,
+                 kwargs: dict, deps: tuple, invoke: Optional[int], where: Optional[Tuple[str, int]],
+                 flat: bool) -> None:
+        self.graph = graph
+        self.index = index
+        self.op = op
+        self.target = target
+        self.args = args
+        self.kwargs = kwargs
+        self.deps = deps
+        self.users: List[Node] = []
+        self.invoke = invoke
+        self.saved = op == "save"
+        self.where = where
+        self.value: Any = EMPTY
+        self.done = False
+        #: True when an in-place edit reaches this module value: it is copied first.
+        self.mutated = False
+        self._pending = len(deps)
+        self._uses_left = 0
+        self._flat = flat
+
+    @property
+    def name(self) -> str:
+        label = self.target if self.op == "operator" else self.op
+        return f"%{self.index}_{label}"
+
+    def describe(self) -> str:
+        """A one-line, user-facing description, e.g. ``model.layer1.output (call 0, invoke 1)``."""
+        if self.op in MODULE_VALUE_OPS:
+            path, call = self.target
+            attr = {"set_output": "output", "set_inputs": "inputs", "set_input": "input"}.get(self.op, self.op)
+            verb = "assignment to " if self.op.startswith("set_") else ""
+            return f"{verb}{display_path(path)}.{attr} (call {call}, invoke {self.invoke})"
+        return f"node {self.name}"
+
+    def source(self) -> str:
+        """The user's line that recorded this node, as ``file:line: code``, or ''."""
+        if self.where is None:
+            return ""
+        filename, line = self.where
+        code = linecache.getline(filename, line).strip()
+        return f"{filename}:{line}" + (f": `{code}`" if code else "")
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} {self.describe()}>"
+
+
+class Graph:
+    """The ordered list of nodes one trace recorded, plus its batch layout.
+
+    Example:
+        >>> with model.trace(x) as tracer:
+        ...     h = model.layer1.output.save()
+        >>> print(tracer.graph)   # doctest: +SKIP
+        %0 output  = model.layer1.output (call 0, invoke 0)
+        %1 save    = save(%0)   [saved]
+
+    Attributes:
+        nodes: All nodes in recording order.
+        rows: ``(start, stop)`` batch rows of each invoke.
+        batch_size: Rows in the batched forward pass.
+        fed: ``(op, module path, call)`` to the ``output``/``inputs`` nodes fed by that hook event.
+        edits: ``(op, module path, call)`` to nodes that must run inside that event.
+        recording: True while the user's code is still adding nodes.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: List[Node] = []
+        self.rows: List[Tuple[int, int]] = []
+        self.batch_size = 0
+        self.fed: Dict[Tuple[str, str, int], List[Node]] = {}
+        self.edits: Dict[Tuple[str, str, int], List[Node]] = {}
+        self.recording = True
+
+    def create_node(self, op: str, target: Any, args: tuple = (), kwargs: Optional[dict] = None,
+                    invoke: Optional[int] = None, where: Optional[Tuple[str, int]] = None) -> Node:
+        """Append a node; ``args``/``kwargs`` may nest other nodes of this graph."""
+        if op not in OPS:
+            raise ValueError(f"unknown graph operation {op!r}; the vocabulary is {sorted(OPS)}")
+        kwargs = kwargs or {}
+        deps: Dict[int, Node] = {}
+        flat = True
+        for a in args:
+            if type(a) is Node:
+                deps[a.index] = a
+            elif type(a) in (tuple, list, dict, slice):
+                if _collect(a, deps):
+                    flat = False
+        if kwargs and _collect(kwargs, deps):
+            flat = False
+        node = Node(self, len(self.nodes), op, target, tuple(args), kwargs,
+                    tuple(deps.values()), invoke, where, flat)
+        for dep in node.deps:
+            dep.users.append(node)
+        self.nodes.append(node)
+        if op in _FED_OPS:
+            self.fed.setdefault((_event_kind(op),) + tuple(target), []).append(node)
+        elif op in MODULE_VALUE_OPS:
+            self.edits.setdefault((_event_kind(op),) + tuple(target), []).append(node)
+        elif op == "setitem" or (op == "call_method" and _is_inplace(target)):
+            root = _mutation_root(args[0] if args else None)
+            if root is not None:
+                self.edits.setdefault((_event_kind(root.op),) + tuple(root.target), []).append(node)
+                if root.op in _FED_OPS:
+                    root.mutated = True
+        return node
+
+    def rewrite_as_method_call(self, node: Node, args: tuple, kwargs: dict) -> Node:
+        """Turn an unused ``getattr`` node into a ``call_method`` of that attribute."""
+        obj = node.args[0]
+        if self.nodes and self.nodes[-1] is node and not node.users:
+            self.nodes.pop()
+            for dep in node.deps:
+                dep.users.remove(node)
+        return self.create_node("call_method", node.target, (obj,) + tuple(args), kwargs,
+                                invoke=node.invoke, where=node.where)
+
+    def reset(self) -> None:
+        """Prepare every node for a (new) execution."""
+        for node in self.nodes:
+            node.value = EMPTY
+            node.done = False
+            node._pending = len(node.deps)
+            node._uses_left = len(node.users)
+
+    def release(self) -> None:
+        """Drop every value but saved ones after execution; the structure stays printable."""
+        self.recording = False
+        for node in self.nodes:
+            if not node.saved:
+                node.value = EMPTY
+
+    def modules(self) -> Iterator[Tuple[str, str]]:
+        """Yield each distinct ``(event kind, module path)`` the graph needs a hook for."""
+        seen = set()
+        for kind, path, _ in list(self.fed) + list(self.edits):
+            if (kind, path) not in seen:
+                seen.add((kind, path))
+                yield kind, path
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __str__(self) -> str:
+        lines = []
+        for node in self.nodes:
+            if node.op in MODULE_VALUE_OPS:
+                body = node.describe()
+                if node.args:
+                    body += " <- " + ", ".join(_fmt(a) for a in node.args[1:])
+            else:
+                target = getattr(node.target, "__qualname__", node.target)
+                parts = [_fmt(a) for a in node.args] + [f"{k}={_fmt(v)}" for k, v in node.kwargs.items()]
+                body = f"{node.op}[{target}]({', '.join(parts)})" if target is not None else f"{node.op}({', '.join(parts)})"
+            flag = "   [saved]" if node.saved else ""
+            lines.append(f"%{node.index:<3} {body}{flag}")
+        return "\n".join(lines) if lines else "<empty graph>"
+
+
+def _event_kind(op: str) -> str:
+    return "inputs" if op in ("inputs", "set_inputs", "set_input") else "output"
+
+
+def _collect(value: Any, deps: Dict[int, Node]) -> bool:
+    found = False
+    kind = type(value)
+    if kind is Node:
+        deps[value.index] = value
+        return True
+    if kind is tuple or kind is list:
+        for v in value:
+            found |= _collect(v, deps)
+    elif kind is dict:
+        for v in value.values():
+            found |= _collect(v, deps)
+    elif kind is slice:
+        for v in (value.start, value.stop, value.step):
+            found |= _collect(v, deps)
+    return found
+
+
+def _is_inplace(method: str) -> bool:
+    return method.endswith("_") and not method.startswith("__")
+
+
+def _mutation_root(value: Any) -> Optional[Node]:
+    """The module-value node an in-place edit of ``value`` would change, if any."""
+    while type(value) is Node:
+        if value.op in MODULE_VALUE_OPS:
+            return value
+        if value.op in _VIEW_OPS or (value.op == "call_method" and value.target in _VIEW_METHODS):
+            value = value.args[0] if value.args else None
+        else:
+            return None
+    return None
+
+
+def _fmt(value: Any) -> str:
+    if type(value) is Node:
+        return f"%{value.index}"
+    if type(value) in (tuple, list):
+        inner = ", ".join(_fmt(v) for v in value)
+        return f"({inner})" if type(value) is tuple else f"[{inner}]"
+    if type(value) is slice:
+        return ":".join("" if v is None else _fmt(v) for v in (value.start, value.stop, value.step)).rstrip(":") or ":"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"tensor{tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,82 @@
+"""Hook specifications every adapter implements, in the order a trace calls them.
+
+An adapter is a pluggy plugin registered under the entry-point group
+``nnsight_core``. Each hook receives the model wrapper as ``model``; an adapter
+returns ``None`` for wrappers that are not its own, so the next plugin is
+asked. All four hooks are ``firstresult``: the first non-``None`` answer wins.
+Plugins may also wrap any hook (``@hookimpl(wrapper=True)``), e.g. to time
+``nnsight_execute``, without touching an adapter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import NNsightModel
+
+__all__ = ["hookspec", "hookimpl", "PROJECT"]
+
+#: Name of the pluggy project and of the entry-point group adapters register under.
+PROJECT = "nnsight_core"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- loading ---------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def nnsight_load(model: NNsightModel, model_key: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                 meta: bool) -> Optional[torch.nn.Module]:
+    """Build the module a wrapper stands for.
+
+    Called by ``NNsightModel.__init__`` with ``meta=True`` when the wrapper is
+    given a key (not a module) — build the skeleton on the meta device, reading
+    no weights — and by ``dispatch_model()`` with ``meta=False`` to load real
+    weights. ``args``/``kwargs`` are those given to the wrapper. First result
+    wins; return ``None`` for wrappers that are not yours.
+    """
+
+
+# -- per trace -------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def nnsight_prepare_inputs(model: NNsightModel, inputs: Tuple[Any, ...],
+                           kwargs: Dict[str, Any]) -> Optional[Tuple[Any, int]]:
+    """Turn one invoke's raw inputs into model-ready inputs and count its rows.
+
+    Called when an invoke opens, with the positional ``inputs`` and keyword
+    ``kwargs`` given to ``invoke()`` (or ``trace()``'s inputs and
+    ``invoker_args``). Return ``(prepared, batch_size)``: ``prepared`` is
+    whatever ``nnsight_batch_inputs`` accepts, ``batch_size`` the number of
+    batch rows (dimension 0) the invoke owns. First result wins; return
+    ``None`` for wrappers that are not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def nnsight_batch_inputs(model: NNsightModel, prepared: List[Any],
+                         batch_sizes: List[int]) -> Optional[Any]:
+    """Combine every invoke's prepared inputs into the inputs of one forward pass.
+
+    Called once when the trace's block exits, with the invokes' ``prepared``
+    values in order and their ``batch_sizes``; invoke ``i`` must own rows
+    ``sum(batch_sizes[:i])`` to ``sum(batch_sizes[:i+1])`` of the result. First
+    result wins; return ``None`` for wrappers that are not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def nnsight_execute(model: NNsightModel, batched: Any, kwargs: Dict[str, Any]) -> Optional[Any]:
+    """Run the model on the batched inputs and return its output.
+
+    Called inside ``NNsightModel.interleave``, so hooks for the intervention
+    graph are in place. ``kwargs`` are the trace's extra keyword arguments.
+    First result wins; return ``None`` for wrappers that are not yours (a
+    model whose output is ``None`` therefore lets later plugins run too).
+    """

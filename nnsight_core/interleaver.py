@@ -1,0 +1,297 @@
+"""Interleaver: runs an intervention graph alongside a module's forward pass.
+
+For the duration of one execution it adds a forward hook (for ``output``
+nodes) or a forward pre-hook (for ``inputs`` nodes) to exactly the modules the
+graph touches, counts each module's calls, hands every invoke only its own
+batch rows, runs the nodes that became ready, and writes edits back to those
+rows only. Leaving the ``with`` block removes every hook, also on error.
+
+Node execution is data-driven: a node runs as soon as all its arguments
+exist; nodes that become ready together run in recording order. Each value is
+freed right after its last user ran unless it was saved.
+"""
+
+from __future__ import annotations
+
+import operator as _operator
+import threading
+from heapq import heappop, heappush
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from ._tree import narrow, clone, write_back
+from .errors import (BatchError, InterventionError, MissedCallError, NNsightError,
+                     OutOfOrderEditError)
+from .graph import EMPTY, Graph, Node, display_path
+
+__all__ = ["Interleaver"]
+
+_UNCHANGED = object()
+
+
+class _Event:
+    """One hook call of one module: what each invoke received and what it replaced."""
+
+    __slots__ = ("narrowed", "replaced")
+
+    def __init__(self) -> None:
+        self.narrowed: Dict[Any, Any] = {}
+        self.replaced: Dict[Any, Any] = {}
+
+
+class Interleaver:
+    """Context manager that interleaves ``graph`` with calls of ``root`` and its submodules.
+
+    Example:
+        >>> with Interleaver(graph, net):
+        ...     out = net(x)
+        >>> interleaver.check_complete()   # doctest: +SKIP
+
+    Override points: one method per graph operation (``operator``, ``getitem``,
+    ``setitem``, ``getattr``, ``call_method``, ``call_function``,
+    ``call_module``, ``save``, ``set_output``, ``set_inputs``, ``set_input``),
+    each called as ``method(node, args, kwargs)`` with concrete arguments.
+    """
+
+    def __init__(self, graph: Graph, root: torch.nn.Module) -> None:
+        self.graph = graph
+        self.root = root
+        self._handles: List[Any] = []
+        self._calls: Dict[Tuple[str, str], int] = {}
+        self._open: Dict[Tuple[str, str, int], _Event] = {}
+        self._ready: List[int] = []
+        self._bypass = 0
+        self._thread = threading.get_ident()
+        self._rows = dict(enumerate(graph.rows))
+        batch = graph.batch_size
+        self._whole = len(graph.rows) == 1 and graph.rows[0] == (0, batch)
+
+    # -- hooks -------------------------------------------------------------
+
+    def __enter__(self) -> Interleaver:
+        graph = self.graph
+        graph.reset()
+        try:
+            for kind, path in graph.modules():
+                module = self.root.get_submodule(path)
+                if kind == "output":
+                    handle = module.register_forward_hook(self._output_hook(path), with_kwargs=True)
+                else:
+                    handle = module.register_forward_pre_hook(self._inputs_hook(path), with_kwargs=True)
+                self._handles.append(handle)
+            for node in graph.nodes:
+                if node._pending == 0 and node.op not in ("output", "inputs"):
+                    heappush(self._ready, node.index)
+            self._drain()
+        except BaseException:
+            self.remove_hooks()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove_hooks()
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _output_hook(self, path: str):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            if self._bypass or threading.get_ident() != self._thread:
+                return None
+            result = self._event("output", path, output)
+            return None if result is _UNCHANGED else result
+        return hook
+
+    def _inputs_hook(self, path: str):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+            if self._bypass or threading.get_ident() != self._thread:
+                return None
+            result = self._event("inputs", path, (args, kwargs))
+            return None if result is _UNCHANGED else result
+        return hook
+
+    def _event(self, kind: str, path: str, value: Any) -> Any:
+        calls = self._calls
+        call = calls.get((kind, path), 0)
+        calls[(kind, path)] = call + 1
+        key = (kind, path, call)
+        fed = self.graph.fed.get(key)
+        edits = self.graph.edits.get(key)
+        if fed is None and edits is None:
+            return _UNCHANGED
+        event = _Event()
+        self._open[key] = event
+        try:
+            batch = self.graph.batch_size
+            for node in fed or ():
+                invoke = node.invoke
+                rows = value if self._whole else narrow(value, self._rows[invoke], batch)
+                event.narrowed[invoke] = rows
+                if node.mutated:
+                    rows = clone(rows)
+                    event.replaced[invoke] = rows
+                self._feed(node, rows)
+            self._drain()
+        finally:
+            del self._open[key]
+        for node in edits or ():
+            if not node.done:
+                late = [d.describe() for d in node.deps if not d.done]
+                raise OutOfOrderEditError(
+                    f"{node.describe()} (recorded at {node.source() or 'unknown'}) edits "
+                    f"{display_path(path)}.{kind} (call {call}) but depends on "
+                    f"{', '.join(late) or 'a value'} computed after that module ran. An edit can "
+                    "only use values available when the module runs."
+                )
+        if not event.replaced:
+            return _UNCHANGED
+        if self._whole:
+            return next(iter(event.replaced.values()))
+        return write_back(value, event.replaced, event.narrowed, self._rows, batch,
+                          f"{display_path(path)}.{kind} (call {call})")
+
+    # -- execution ------------------------------------------------------------
+
+    def _feed(self, node: Node, value: Any) -> None:
+        node.value = value
+        node.done = True
+        for user in node.users:
+            user._pending -= 1
+            if user._pending == 0:
+                heappush(self._ready, user.index)
+
+    def _drain(self) -> None:
+        ready, nodes = self._ready, self.graph.nodes
+        while ready:
+            self._run(nodes[heappop(ready)])
+
+    def _run(self, node: Node) -> None:
+        if node._flat:
+            args = tuple([a.value if type(a) is Node else a for a in node.args])
+            kwargs = node.kwargs
+        else:
+            args = _resolve(node.args)
+            kwargs = _resolve(node.kwargs)
+        try:
+            value = getattr(self, node.op)(node, args, kwargs)
+        except NNsightError:
+            raise
+        except Exception as error:
+            at = node.source()
+            raise InterventionError(
+                f"{node.describe()}{' at ' + at if at else ''} failed while the model ran: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        for dep in node.deps:
+            dep._uses_left -= 1
+            if dep._uses_left == 0 and not dep.saved:
+                dep.value = EMPTY
+        node.done = True
+        if node.users or node.saved:
+            node.value = value
+            for user in node.users:
+                user._pending -= 1
+                if user._pending == 0:
+                    heappush(self._ready, user.index)
+
+    def check_complete(self) -> None:
+        """Raise if any node waited on a module call that never happened.
+
+        Raises:
+            MissedCallError: Naming the module, the call and how often it ran.
+        """
+        for (kind, path, call), nodes in self.graph.fed.items():
+            for node in nodes:
+                if not node.done:
+                    ran = self._calls.get((kind, path), 0)
+                    attr = "output" if kind == "output" else "input"
+                    if ran == 0:
+                        detail = f"{display_path(path)} never ran during this forward pass"
+                    else:
+                        detail = (f"{display_path(path)} ran {ran} time(s), so its calls are "
+                                  f"0-{ran - 1}")
+                    raise MissedCallError(
+                        f"{display_path(path)}.{attr} (call {call}, invoke {node.invoke}) was never "
+                        f"reached: {detail}. Check the module path and how many times .next() "
+                        "was called for it."
+                    )
+        for node in self.graph.nodes:
+            if not node.done:
+                raise MissedCallError(f"{node.describe()} never ran: one of its inputs was never computed")
+
+    # -- operations (one per op of the vocabulary) ------------------------------
+
+    def operator(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return getattr(_operator, node.target)(*args)
+
+    def getitem(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return args[0][args[1]]
+
+    def setitem(self, node: Node, args: tuple, kwargs: dict) -> None:
+        args[0][args[1]] = args[2]
+
+    def getattr(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return getattr(args[0], node.target)
+
+    def call_method(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+
+    def call_function(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return node.target(*args, **kwargs)
+
+    def save(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return args[0]
+
+    def call_module(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        module = self.root.get_submodule(node.target)
+        self._bypass += 1
+        try:
+            return module(*args, **kwargs)
+        finally:
+            self._bypass -= 1
+
+    def set_output(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        self._event_of(node).replaced[node.invoke] = args[1]
+        return args[1]
+
+    def set_inputs(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        new = args[1]
+        if not (isinstance(new, (tuple, list)) and len(new) == 2 and isinstance(new[0], (tuple, list))
+                and isinstance(new[1], dict)):
+            raise BatchError(f"{node.describe()}: `.inputs` must be assigned an (args, kwargs) pair, "
+                             f"e.g. `.inputs = ((x,), {{}})`; got {type(new).__name__}.")
+        new = (tuple(new[0]), new[1])
+        self._event_of(node).replaced[node.invoke] = new
+        return new
+
+    def set_input(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        (pos, kw), value = args
+        if not pos:
+            raise BatchError(f"{node.describe()}: the module received no positional argument "
+                             "(only keywords); assign `.inputs = (args, kwargs)` instead.")
+        new = ((value,) + tuple(pos[1:]), kw)
+        self._event_of(node).replaced[node.invoke] = new
+        return new
+
+    def _event_of(self, node: Node) -> _Event:
+        kind = "inputs" if node.op != "set_output" else "output"
+        event = self._open.get((kind,) + tuple(node.target))
+        if event is None:
+            raise OutOfOrderEditError(f"{node.describe()} ran after its module had finished")
+        return event
+
+
+def _resolve(value: Any) -> Any:
+    kind = type(value)
+    if kind is Node:
+        return value.value
+    if kind is tuple or kind is list:
+        return kind(_resolve(v) for v in value)
+    if kind is dict:
+        return {k: _resolve(v) for k, v in value.items()}
+    if kind is slice:
+        return slice(_resolve(value.start), _resolve(value.stop), _resolve(value.step))
+    return value

@@ -1,0 +1,212 @@
+"""NNsightModel: the base of every model wrapper (``NNsight``, ``LanguageModel``, ...).
+
+It owns the wrapped module, its envoy tree and the tracing entry points, and
+calls adapter behaviour only through the pluggy hooks of
+:mod:`nnsight_core.hookspecs`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from . import _state
+from .envoy import Envoy
+from .errors import TraceStateError
+from .graph import Graph
+from .interleaver import Interleaver
+from .plugins import call_hook
+from .proxy import InterventionProxy, Proxy
+from .tracer import Invoker, Runner
+
+__all__ = ["NNsightModel"]
+
+
+class NNsightModel:
+    """Base class of model wrappers: tracing, envoys and interleaving for one module.
+
+    Example:
+        >>> class MyWrapper(NNsightModel):      # plus hookimpls registered by entry point
+        ...     pass
+        >>> model = MyWrapper(module)
+        >>> with model.trace(x):
+        ...     h = model.layer1.output.save()
+
+    Attributes:
+        model_key: What the wrapper was built from (a module, or a key for ``nnsight_load``).
+        args: Extra positional arguments given to the wrapper.
+        kwargs: Extra keyword arguments given to the wrapper.
+        dispatched: Whether real weights are loaded.
+        custom_model: Whether the wrapper was given a module rather than a key.
+        proxy_class: Class of the proxies that traces create.
+
+    Override points: ``proxy_class``; behaviour comes from the adapter's hookimpls.
+    """
+
+    proxy_class: type = InterventionProxy
+
+    def __init__(self, model_key: Any, *args: Any, dispatch: bool = False, **kwargs: Any) -> None:
+        d = self.__dict__
+        d["model_key"] = model_key
+        d["args"] = args
+        d["kwargs"] = kwargs
+        d["custom_model"] = isinstance(model_key, torch.nn.Module)
+        d["_lock"] = threading.RLock()
+        if self.custom_model:
+            d["_model"] = model_key
+            d["dispatched"] = True
+        else:
+            d["_model"] = call_hook("nnsight_load", model=self, model_key=model_key, args=args,
+                                    kwargs=kwargs, meta=True)
+            d["dispatched"] = False
+        d["_envoy"] = Envoy(self._model, "", self)
+        if dispatch and not self.dispatched:
+            self.dispatch_model()
+
+    # -- tracing -----------------------------------------------------------------
+
+    def trace(self, *inputs: Any, trace: bool = True, invoker_args: Optional[Dict[str, Any]] = None,
+              scan: bool = True, **kwargs: Any) -> Any:
+        """Open a tracing context (a :class:`~nnsight_core.tracer.Runner`).
+
+        Args:
+            *inputs: Inputs for one invoke opened at once; omit them to use
+                ``tracer.invoke(...)`` blocks.
+            trace: If False, run the model on ``inputs`` at once and return its output.
+            invoker_args: Keyword arguments for the invoke's input preparation.
+            scan: Accepted for compatibility; shape scanning costs nothing until asked for.
+            **kwargs: Passed to execution (the model call).
+
+        Returns:
+            The Runner, or the model's output when ``trace=False``.
+
+        Raises:
+            ValueError: ``trace=False`` without inputs.
+        """
+        invoker_args = dict(invoker_args or {})
+        if not trace:
+            if not inputs and not invoker_args:
+                raise ValueError("trace(trace=False) runs the model at once and needs inputs: "
+                                 "pass them, e.g. model.trace(x, trace=False).")
+            prepared, size = self._prepare_inputs(inputs, invoker_args)
+            batched = self._batch_inputs([prepared], [size])
+            if not self.dispatched:
+                self.dispatch_model()
+            return self._execute(batched, **kwargs)
+        return Runner(self, inputs, invoker_args, kwargs, scan=scan)
+
+    def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
+        """Open an invoke in this model's open trace (same as ``tracer.invoke``).
+
+        Raises:
+            TraceStateError: No trace of this model is open in this thread.
+        """
+        runner = _state.current_runner()
+        if runner is None or runner._model is not self:
+            raise TraceStateError("invoke() opens an invoke inside a trace: use it within "
+                                  "`with model.trace() as tracer:`.")
+        return runner.invoke(*inputs, **kwargs)
+
+    def interleave(self, fn: Callable[..., Any], intervention_graph: Graph, *inputs: Any,
+                   **kwargs: Any) -> Any:
+        """Run ``fn(*inputs, **kwargs)`` with ``intervention_graph`` interleaved.
+
+        Hooks are added only to modules the graph touches and are always
+        removed, also on error. One model runs one interleaved execution at a
+        time: concurrent traces from other threads wait for it.
+
+        Raises:
+            MissedCallError: A module value the graph needed was never produced.
+        """
+        if not self.dispatched:
+            self.dispatch_model()
+        with self._lock:
+            interleaver = Interleaver(intervention_graph, self._model)
+            with interleaver:
+                output = fn(*inputs, **kwargs)
+            interleaver.check_complete()
+        return output
+
+    def dispatch_model(self, *args: Any, **kwargs: Any) -> None:
+        """Load real weights into a wrapper built from a key (no-op once dispatched)."""
+        if self.dispatched:
+            return
+        module = call_hook("nnsight_load", model=self, model_key=self.model_key,
+                           args=self.args + args, kwargs={**self.kwargs, **kwargs}, meta=False)
+        self.__dict__["_model"] = module
+        self.__dict__["dispatched"] = True
+        self._envoy._rebind(module)
+
+    def to(self, *args: Any, **kwargs: Any) -> NNsightModel:
+        """Move or cast the wrapped module like ``torch.nn.Module.to``; returns the wrapper."""
+        self.__dict__["_model"] = self._model.to(*args, **kwargs)
+        self._envoy._rebind(self._model)
+        return self
+
+    # -- adapter hooks ---------------------------------------------------------------
+
+    def _prepare_inputs(self, inputs: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Any, int]:
+        return call_hook("nnsight_prepare_inputs", model=self, inputs=inputs, kwargs=kwargs)
+
+    def _batch_inputs(self, prepared: List[Any], batch_sizes: List[int]) -> Any:
+        return call_hook("nnsight_batch_inputs", model=self, prepared=prepared, batch_sizes=batch_sizes)
+
+    def _execute(self, batched: Any, **kwargs: Any) -> Any:
+        return call_hook("nnsight_execute", model=self, batched=batched, kwargs=kwargs)
+
+    # -- the module tree ---------------------------------------------------------------
+
+    @property
+    def output(self) -> Proxy:
+        """The root module's output (inside a trace)."""
+        return self._envoy.output
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        self._envoy.output = value
+
+    @property
+    def inputs(self) -> Proxy:
+        """The root module's ``(args, kwargs)`` (inside a trace)."""
+        return self._envoy.inputs
+
+    @inputs.setter
+    def inputs(self, value: Any) -> None:
+        self._envoy.inputs = value
+
+    @property
+    def input(self) -> Proxy:
+        """The root module's first positional argument (inside a trace)."""
+        return self._envoy.input
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        self._envoy.input = value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__") or "_envoy" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self._envoy, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._envoy[key]
+
+    def __iter__(self):
+        return iter(self._envoy)
+
+    def __len__(self) -> int:
+        return len(self._envoy)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._envoy(*args, **kwargs)
+
+    def __dir__(self) -> List[str]:
+        return sorted(set(super().__dir__()) | set(self._model._modules))
+
+    def __repr__(self) -> str:
+        return repr(self._model)

@@ -1,0 +1,249 @@
+"""Proxy: the stand-in for a value that exists only while the model runs.
+
+Inside a trace every operation on a proxy (operators, indexing, attribute
+access, method calls, ``torch`` functions) records a node in the Runner's
+graph and returns a new proxy. After the trace, a proxy whose value was saved
+behaves like that value: it prints as it, and operations on it compute on it.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional
+
+from . import _state
+from ._tree import map_structure
+from .errors import ProxyControlFlowError, ProxyScopeError, TraceStateError, ValueNotSetError
+from .graph import EMPTY, Graph, Node
+
+__all__ = ["Proxy", "InterventionProxy", "apply_op"]
+
+_BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_",
+           "xor", "lshift", "rshift")
+_COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+_UNARY = ("neg", "pos", "abs", "invert")
+
+
+def apply_op(op: str, target: Any, args: tuple, kwargs: dict) -> Any:
+    """Compute one value-level operation of the vocabulary on concrete values."""
+    if op == "operator":
+        return getattr(operator, target)(*args)
+    if op == "getitem":
+        return args[0][args[1]]
+    if op == "setitem":
+        args[0][args[1]] = args[2]
+        return None
+    if op == "getattr":
+        return getattr(args[0], target)
+    if op == "call_method":
+        return getattr(args[0], target)(*args[1:], **kwargs)
+    if op == "call_function":
+        return target(*args, **kwargs)
+    if op == "save":
+        return args[0]
+    raise ValueError(f"operation {op!r} needs a running model; it cannot be computed on its own")
+
+
+class Proxy:
+    """A value of the model's forward pass, recorded as a graph node.
+
+    Example:
+        >>> with model.trace(x):
+        ...     h = (model.layer1.output * 2).save()
+        >>> h.value.shape   # doctest: +SKIP
+
+    Override points for adapters: subclass it (``InterventionProxy`` is the
+    default ``proxy_class`` of a model wrapper) to add helpers such as token
+    indexing; every operation builds new proxies of the same class.
+    """
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    # -- recording ---------------------------------------------------------
+
+    def _record(self, op: str, target: Any, args: tuple, kwargs: Optional[dict] = None) -> Any:
+        return _record(type(self), op, target, args, kwargs or {})
+
+    def save(self) -> Proxy:
+        """Keep this value after the trace; returns the proxy to read it from.
+
+        Raises:
+            TraceStateError: Outside a trace.
+        """
+        runner = _state.current_runner()
+        if runner is None or not self.node.graph.recording:
+            raise TraceStateError(
+                f".save() was called on {self.node.describe()} outside the trace that recorded it; "
+                "call .save() inside the `with model.trace(...)` block."
+            )
+        return self._record("save", None, (self,))
+
+    @property
+    def value(self) -> Any:
+        """The computed value.
+
+        Raises:
+            ValueNotSetError: While the trace is still being recorded, or when the
+                value was not saved (or the trace failed before computing it).
+        """
+        node = self.node
+        if node.value is not EMPTY:
+            return node.value
+        raise ValueNotSetError(_why_unset(node))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self._record("getattr", name, (self,))
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._record("getitem", None, (self, index))
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._record("setitem", None, (self, index, value))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        node = self.node
+        if node.op == "getattr" and node.graph.recording:
+            graph = node.graph
+            runner = _state.current_runner()
+            if runner is None or runner._graph is not graph:
+                raise ProxyScopeError(f"{node.describe()} was called outside the trace that recorded it.")
+            args = map_structure(args, lambda v: _as_arg(v, graph))
+            kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
+            return type(self)(graph.rewrite_as_method_call(node, args, kwargs))
+        if node.value is not EMPTY and not node.graph.recording:
+            return self.value(*args, **kwargs)
+        raise TypeError(f"{node.describe()} is not callable inside a trace; only methods of a value "
+                        "(`proxy.sum(dim=1)`) and modules (`model.lm_head(h)`) can be called.")
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        return _record(cls, "call_function", func, args, kwargs or {})
+
+    # -- control flow: not available while recording ------------------------
+
+    def __bool__(self) -> bool:
+        return bool(self._concrete("if proxy: / bool(proxy)", "torch.where(condition, a, b)"))
+
+    def __len__(self) -> int:
+        return len(self._concrete("len(proxy)", "proxy.shape[0] inside the graph, or len(saved.value) after the trace"))
+
+    def __iter__(self):
+        return iter(self._concrete("iterating over a proxy", "index it (`proxy[0]`, `proxy[:, i]`) or unbind it (`proxy.unbind(0)`)"))
+
+    def _concrete(self, what: str, instead: str) -> Any:
+        node = self.node
+        if node.graph.recording:
+            raise ProxyControlFlowError(
+                f"{what} on {node.describe()} is not possible inside a trace: its value does not "
+                f"exist until the model runs. Use {instead}, or .save() it and use Python "
+                "control flow after the `with` block."
+            )
+        return self.value
+
+    # -- after the trace: print as the value --------------------------------
+
+    def __repr__(self) -> str:
+        node = self.node
+        if node.value is not EMPTY:
+            return repr(node.value)
+        state = "recording" if node.graph.recording else "no value"
+        return f"<{type(self).__name__} {node.name} {node.describe()} ({state})>"
+
+    def __str__(self) -> str:
+        return str(self.node.value) if self.node.value is not EMPTY else repr(self)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec) if self.node.value is not EMPTY else repr(self)
+
+    __hash__ = object.__hash__
+
+
+class InterventionProxy(Proxy):
+    """The default ``proxy_class`` of model wrappers: a :class:`Proxy` for module values."""
+
+    __slots__ = ()
+
+
+def _install_operators() -> None:
+    def binary(name: str):
+        def method(self, other):
+            return self._record("operator", name, (self, other))
+        return method
+
+    def reflected(name: str):
+        def method(self, other):
+            return self._record("operator", name, (other, self))
+        return method
+
+    def unary(name: str):
+        def method(self):
+            return self._record("operator", name, (self,))
+        return method
+
+    for name in _BINARY:
+        dunder = name.rstrip("_")
+        setattr(Proxy, f"__{dunder}__", binary(name))
+        setattr(Proxy, f"__r{dunder}__", reflected(name))
+    for name in _COMPARISONS:
+        setattr(Proxy, f"__{name}__", binary(name))
+    for name in _UNARY:
+        setattr(Proxy, f"__{name}__", unary(name))
+
+
+_install_operators()
+
+
+def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
+    runner = _state.current_runner()
+    if runner is None:
+        # No trace open: saved proxies act as their values.
+        return apply_op(op, target, map_structure(args, _as_value), map_structure(kwargs, _as_value))
+    graph = runner._graph
+    args = map_structure(args, lambda v: _as_arg(v, graph))
+    if kwargs:
+        kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
+    node = graph.create_node(op, target, args, kwargs, invoke=runner._invoke_index(),
+                             where=_state.user_location())
+    return None if op == "setitem" else cls(node)
+
+
+def _as_arg(value: Any, graph: Graph) -> Any:
+    if not isinstance(value, Proxy):
+        return value
+    node = value.node
+    if node.graph is graph:
+        return node
+    if node.value is not EMPTY:
+        return node.value
+    if node.graph.recording:
+        raise ProxyScopeError(
+            f"{node.describe()} belongs to another trace that is still being recorded (another "
+            "model's, or an outer trace). Save it there and use the saved value after that "
+            "trace exits."
+        )
+    raise ValueNotSetError(_why_unset(node))
+
+
+def _as_value(value: Any) -> Any:
+    return value.value if isinstance(value, Proxy) else value
+
+
+def _why_unset(node: Node) -> str:
+    what = node.describe()
+    where = node.source()
+    at = f" (recorded at {where})" if where else ""
+    if node.graph.recording:
+        return (f"the value of {what}{at} does not exist yet: values exist only after the "
+                "`with model.trace(...)` block exits. Call .save() on it inside the block and "
+                "read .value after it.")
+    if node.done:
+        return (f"the value of {what}{at} was freed after its last use because it was not "
+                "saved; call .save() on it inside the trace.")
+    return (f"the value of {what}{at} was never computed: the trace did not run to completion "
+            "(see the exception it raised), or the value was not saved; call .save() on it inside "
+            "the trace.")

@@ -1,0 +1,190 @@
+"""Runner and Invoker: the contexts that record an intervention graph and run it.
+
+``model.trace(...)`` returns a :class:`Runner`. While its ``with`` block runs,
+envoy and proxy operations record nodes into the Runner's graph; each
+:class:`Invoker` (``runner.invoke(inputs)``) contributes its inputs as rows of
+one batch. Leaving the block batches the inputs, runs the model once with the
+graph interleaved, and frees everything but saved values.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from . import _state
+from .errors import InvokeError, TraceStateError
+from .graph import Graph
+
+if TYPE_CHECKING:
+    from .model import NNsightModel
+    from .proxy import Proxy
+
+__all__ = ["Runner", "Invoker"]
+
+
+class Invoker:
+    """One set of inputs inside a trace, owning its own rows of the batch.
+
+    Example:
+        >>> with model.trace() as tracer:
+        ...     with tracer.invoke(x1):
+        ...         a = model.layer1.output.save()
+        ...     with tracer.invoke(x2):
+        ...         model.layer1.output = a     # patch invoke 0's value into invoke 1
+
+    Attributes:
+        index: Position among the trace's invokes, set on entering.
+        inputs: The raw inputs given to ``invoke``.
+        kwargs: Keyword arguments for input preparation (``invoker_args``).
+    """
+
+    def __init__(self, runner: Runner, inputs: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        self._runner = runner
+        self.inputs = inputs
+        self.kwargs = kwargs
+        self.index: Optional[int] = None
+        # Per-invoke call cursor of each module (moved by Envoy.next()) and the
+        # proxy currently standing for each module value (updated by assignments).
+        self._cursors: Dict[str, int] = {}
+        self._current: Dict[Tuple[str, str, int], Proxy] = {}
+
+    def __enter__(self) -> Invoker:
+        runner = self._runner
+        if _state.current_runner() is not runner:
+            raise TraceStateError("invoke() must be used inside the `with model.trace():` block "
+                                  "of the Runner that created it.")
+        if runner._invoker is not None:
+            raise InvokeError(f"invokes cannot be nested: invoke {runner._invoker.index} is still "
+                              "open; close it before opening the next one.")
+        if not self.inputs and not self.kwargs:
+            raise InvokeError("invoke() was given no inputs: pass the inputs for this invoke, "
+                              "e.g. `tracer.invoke(x)`.")
+        index = len(runner._prepared)
+        prepared, size = runner._model._prepare_inputs(self.inputs, self.kwargs)
+        if size < 1:
+            raise InvokeError(f"invoke {index} has {size} rows: its inputs must have at least one "
+                              "row in the batch dimension (dimension 0).")
+        runner._add_invoke(prepared, size)
+        self.index = index
+        runner._invoker = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._runner._invoker = None
+
+    def _module_node(self, kind: str, path: str, call: int) -> Proxy:
+        runner = self._runner
+        node = runner._graph.create_node(kind, (path, call), invoke=self.index,
+                                         where=_state.user_location())
+        return runner._model.proxy_class(node)
+
+    def _set_node(self, op: str, path: str, call: int, current: Proxy, value: Any) -> Proxy:
+        from .proxy import _record  # noqa: PLC0415 - proxy depends on this module's users
+        return _record(self._runner._model.proxy_class, op, (path, call), (current, value), {})
+
+
+class Runner:
+    """The tracing context returned by ``model.trace(...)``.
+
+    Example:
+        >>> with NNsight(net).trace(x) as model:     # the Runner forwards to the model
+        ...     out = model.layer2.output.save()
+        >>> out.value   # doctest: +SKIP
+
+    Attributes:
+        graph: The recorded :class:`~nnsight_core.graph.Graph` (released after execution).
+        output: The model's raw output, after the block exits.
+    """
+
+    def __init__(self, model: NNsightModel, inputs: Tuple[Any, ...], invoker_args: Dict[str, Any],
+                 kwargs: Dict[str, Any], scan: bool = True) -> None:
+        self._model = model
+        self._graph = Graph()
+        self._inputs = inputs
+        self._invoker_args = invoker_args
+        self._kwargs = kwargs
+        self._scan = scan
+        self._invoker: Optional[Invoker] = None
+        self._auto: Optional[Invoker] = None
+        self._prepared: List[Any] = []
+        self._sizes: List[int] = []
+        self._output: Any = None
+
+    @property
+    def graph(self) -> Graph:
+        return self._graph
+
+    def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
+        """Open an invoke for ``inputs``; keyword arguments go to input preparation."""
+        if self._auto is not None:
+            raise InvokeError("trace() was given inputs, so it already opened invoke 0 for them; "
+                              "call trace() without inputs to use invoke blocks.")
+        return Invoker(self, inputs, kwargs)
+
+    def __enter__(self) -> Runner:
+        model = self._model
+        for runner in _state.local.runners:
+            if runner._model is model:
+                raise TraceStateError(f"a trace of this {type(model).__name__} is already open in "
+                                      "this thread: traces of one model cannot be nested.")
+        _state.local.runners.append(self)
+        if self._inputs or self._invoker_args:
+            try:
+                self._auto = Invoker(self, self._inputs, self._invoker_args)
+                self._auto.__enter__()
+            except BaseException:
+                self._close()
+                raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._close()
+        graph = self._graph
+        if exc_type is not None:
+            graph.release()
+            return
+        try:
+            if not self._prepared:
+                raise InvokeError("the trace has no inputs: give them to trace(...) or open "
+                                  "`with tracer.invoke(inputs):` blocks inside it.")
+            batched = self._model._batch_inputs(self._prepared, self._sizes)
+            self._output = self._model.interleave(self._model._execute, graph, batched, **self._kwargs)
+        finally:
+            graph.release()
+
+    def _close(self) -> None:
+        self._invoker = None
+        self._graph.recording = False
+        runners = _state.local.runners
+        if runners and runners[-1] is self:
+            runners.pop()
+        elif self in runners:
+            runners.remove(self)
+
+    def _add_invoke(self, prepared: Any, size: int) -> None:
+        graph = self._graph
+        graph.rows.append((graph.batch_size, graph.batch_size + size))
+        graph.batch_size += size
+        self._prepared.append(prepared)
+        self._sizes.append(size)
+
+    def _invoke_index(self) -> Optional[int]:
+        invoker = self._invoker
+        return None if invoker is None else invoker.index
+
+    @property
+    def output(self) -> Any:
+        if self._graph.recording:
+            return self._model.output
+        return self._output
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._model, name, value)
