@@ -125,7 +125,19 @@ class Node:
             attr = {"set_output": "output", "set_inputs": "inputs", "set_input": "input"}.get(self.op, self.op)
             verb = "assignment to " if self.op.startswith("set_") else ""
             return f"{verb}{display_path(path)}.{attr} (call {call}, invoke {self.invoke})"
-        return f"node {self.name}"
+        label = f"node %{self.index} {self.op}"
+        if self.op in ("operator", "getattr", "call_method", "call_module"):
+            label += f"[{self.target}]"
+        elif self.op == "call_function":
+            label += f"[{getattr(self.target, '__name__', self.target)}]"
+        source = self.args[0] if self.args else None
+        for _ in range(8):
+            if type(source) is not Node:
+                break
+            if source.op in MODULE_VALUE_OPS:
+                return f"{label} of {source.describe()}"
+            source = source.args[0] if source.args else None
+        return label
 
     def source(self) -> str:
         """The user's line that recorded this node, as ``file:line: code``, or ''."""
