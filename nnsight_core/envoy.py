@@ -8,7 +8,7 @@ assigning them records an edit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, List, Union
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Union
 
 import torch
 
@@ -175,31 +175,32 @@ class Envoy:
 
     def _invoker(self, what: str) -> Invoker:
         runner = _state.current_runner()
-        name = f"{display_path(self._path)}.{what}"
         if runner is None or runner._model is not self._wrapper:
             raise TraceStateError(
-                f"{name} is only available inside `with model.trace(...)` of the model that owns it."
+                f"{display_path(self._path)}.{what} is only available inside "
+                "`with model.trace(...)` of the model that owns it."
             )
         invoker = runner._invoker
         if invoker is None:
             raise InvokeError(
-                f"{name} was used outside an invoke: inside `with model.trace() as tracer:` "
-                "with no inputs, put it inside a `with tracer.invoke(inputs):` block."
+                f"{display_path(self._path)}.{what} was used outside an invoke: inside "
+                "`with model.trace() as tracer:` with no inputs, put it inside a "
+                "`with tracer.invoke(inputs):` block."
             )
         return invoker
 
-    def _value(self, kind: str) -> Proxy:
-        invoker = self._invoker(kind)
-        key = (kind, self._path, invoker._cursors.get(self._path, 0))
+    def _value(self, kind: str, invoker: Optional[Invoker] = None) -> Proxy:
+        invoker = invoker or self._invoker(kind)
+        path = self._path
+        key = (kind, path, invoker._cursors.get(path, 0))
         proxy = invoker._current.get(key)
         if proxy is None:
-            proxy = invoker._module_node(kind, key[1], key[2])
-            invoker._current[key] = proxy
+            proxy = invoker._current[key] = invoker._module_node(kind, path, key[2])
         return proxy
 
     def _assign(self, kind: str, op: str, value: Any) -> None:
-        current = self._value(kind)
         invoker = self._invoker(kind)
+        current = self._value(kind, invoker)
         key = (kind, self._path, invoker._cursors.get(self._path, 0))
         invoker._current[key] = invoker._set_node(op, key[1], key[2], current, value)
 

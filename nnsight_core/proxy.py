@@ -73,13 +73,16 @@ class Proxy:
         Raises:
             TraceStateError: Outside a trace.
         """
+        node = self.node
         runner = _state.current_runner()
-        if runner is None or not self.node.graph.recording:
+        if runner is None or runner._graph is not node.graph:
             raise TraceStateError(
-                f".save() was called on {self.node.describe()} outside the trace that recorded it; "
+                f".save() was called on {node.describe()} outside the trace that recorded it; "
                 "call .save() inside the `with model.trace(...)` block."
             )
-        return self._record("save", None, (self,))
+        # Saving never fails at run time, so it reuses the location of what it saves.
+        return type(self)(node.graph.create_node("save", None, (node,), invoke=runner._invoke_index(),
+                                                 where=node.where))
 
     @property
     def value(self) -> Any:
@@ -95,7 +98,8 @@ class Proxy:
         raise ValueNotSetError(_why_unset(node))
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name.endswith("__"):
+        # Protocol probes (copy, pickle, numpy, IPython display) must not become nodes.
+        if name.startswith(("__", "_ipython_", "_repr_")):
             raise AttributeError(name)
         return self._record("getattr", name, (self,))
 
@@ -198,13 +202,24 @@ def _install_operators() -> None:
 _install_operators()
 
 
+_CONTAINERS = (tuple, list, dict, slice)
+
+
 def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
     runner = _state.current_runner()
     if runner is None:
         # No trace open: saved proxies act as their values.
         return apply_op(op, target, map_structure(args, _as_value), map_structure(kwargs, _as_value))
     graph = runner._graph
-    args = map_structure(args, lambda v: _as_arg(v, graph))
+    converted = []
+    for value in args:
+        kind = type(value)
+        if kind in _CONTAINERS:
+            value = map_structure(value, lambda v: _as_arg(v, graph))
+        elif isinstance(value, Proxy):
+            value = value.node if value.node.graph is graph else _as_arg(value, graph)
+        converted.append(value)
+    args = tuple(converted)
     if kwargs:
         kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
     node = graph.create_node(op, target, args, kwargs, invoke=runner._invoke_index(),

@@ -172,19 +172,36 @@ class Runner:
         invoker = self._invoker
         return None if invoker is None else invoker.index
 
+    # The Runner stands for the model inside its block (`with NNsight(net).trace(x) as model:`),
+    # so the root module's values are reachable and assignable through it too.
     @property
     def output(self) -> Any:
+        """Inside the block, the root module's output proxy; after it, the model's raw output."""
         if self._graph.recording:
             return self._model.output
         return self._output
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        self._model.output = value
+
+    @property
+    def inputs(self) -> Any:
+        return self._model.inputs
+
+    @inputs.setter
+    def inputs(self, value: Any) -> None:
+        self._model.inputs = value
+
+    @property
+    def input(self) -> Any:
+        return self._model.input
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        self._model.input = value
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         return getattr(self._model, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._model, name, value)

@@ -31,6 +31,9 @@ def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
                            kwargs: Dict[str, Any]) -> Optional[Tuple[Any, int]]:
     if not isinstance(model, NNsight):
         return None
+    first = inputs[0] if inputs else None
+    if isinstance(first, torch.Tensor) and first.dim() > 0:
+        return (inputs, kwargs), first.shape[0]
     for leaf in pytree.tree_leaves((inputs, kwargs)):
         if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
             return (inputs, kwargs), leaf.shape[0]
@@ -70,7 +73,7 @@ def nnsight_execute(model: Any, batched: Any, kwargs: Dict[str, Any]) -> Any:
         return None
     args, invoke_kwargs = batched
     device = _device(model._model)
-    if device is not None:
+    if device is not None and not _all_on(device, args, invoke_kwargs):
         args, invoke_kwargs = pytree.tree_map(
             lambda t: t.to(device) if isinstance(t, torch.Tensor) and t.device != device else t,
             (args, invoke_kwargs))
@@ -78,9 +81,26 @@ def nnsight_execute(model: Any, batched: Any, kwargs: Dict[str, Any]) -> Any:
 
 
 def _device(module: torch.nn.Module) -> Optional[torch.device]:
-    for param in module.parameters():
-        return param.device if param.device.type != "meta" else None
-    return None
+    """The device of the module's first parameter (found without walking the whole tree)."""
+    while not module._parameters and module._modules:
+        module = next(iter(module._modules.values()))
+    param = next(iter(module._parameters.values()), None)
+    if param is None:
+        param = next(module.parameters(), None)
+    if param is None or param.device.type == "meta":
+        return None
+    return param.device
+
+
+def _all_on(device: torch.device, args: Any, kwargs: Dict[str, Any]) -> bool:
+    """Cheap check for the common case: plain tensor arguments already on ``device``."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            if value.device != device:
+                return False
+        elif isinstance(value, (tuple, list, dict)):
+            return False
+    return True
 
 
 def _same(a: Any, b: Any) -> bool:
