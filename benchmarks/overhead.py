@@ -1,0 +1,261 @@
+"""Per-call overhead of tracing a tiny MLP, in microseconds.
+
+Run by hand (``make bench``), never in CI::
+
+    .venv/bin/python benchmarks/overhead.py                 # timing table
+    .venv/bin/python benchmarks/overhead.py --rounds 50 --calls 500
+    .venv/bin/python benchmarks/overhead.py --profile       # cProfile of the 1-save case
+
+Cases, all on the same model and input:
+
+* ``raw``     ``net(x)``: the plain forward pass, no nnsight at all.
+* ``empty``   ``with model.trace(x): pass``
+* ``1 save``  ``model.layer1.output.save()``
+* ``4 saves`` the outputs of layer1, sigma1, layer2 and sigma2, each saved.
+* ``1 edit``  ``model.layer1.output[:, 0] = 0``
+
+Method: interleaved rounds. Every round runs each case ``--calls`` times back
+to back, in an order rotated by one case per round (so no case always runs
+first or right after the same neighbour), and records that round's mean time
+per call. The table reports the median over rounds (and the spread between the
+25th and 75th percentile of rounds). Warm-up rounds run first and are dropped.
+Autograd is either off for every case (``torch.no_grad()``, the default) or on
+for every case (``--grad``); torch runs on one thread.
+
+Derived numbers and targets:
+
+* fixed cost per trace = ``empty - raw``                  target <= 40 us
+* per extra intervention = ``(4 saves - 1 save) / 3``     target <= 8 us
+  (one intervention here is a module output read plus its ``.save()``: two
+  graph nodes and one forward hook), and ``1 save - empty`` for the first one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import gc
+import io
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from collections import OrderedDict
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+import nnsight_core
+from nnsight_torch import NNsight
+
+#: Targets, in microseconds per call.
+TARGET_FIXED_US = 40.0
+TARGET_PER_INTERVENTION_US = 8.0
+
+
+def build() -> Tuple[nn.Module, NNsight, torch.Tensor]:
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict([
+        ("layer1", nn.Linear(5, 10)),
+        ("sigma1", nn.Sigmoid()),
+        ("layer2", nn.Linear(10, 2)),
+        ("sigma2", nn.Sigmoid()),
+    ]))
+    x = torch.rand(1, 5)
+    return net, NNsight(net), x
+
+
+def make_cases(net: nn.Module, model: NNsight, x: torch.Tensor) -> Dict[str, Callable[[int], None]]:
+    """Each case runs its body ``n`` times; the loop lives inside so harness cost stays out."""
+
+    def raw(n: int) -> None:
+        for _ in range(n):
+            net(x)
+
+    def empty(n: int) -> None:
+        for _ in range(n):
+            with model.trace(x):
+                pass
+
+    def save1(n: int) -> None:
+        for _ in range(n):
+            with model.trace(x):
+                model.layer1.output.save()
+
+    def save4(n: int) -> None:
+        for _ in range(n):
+            with model.trace(x):
+                model.layer1.output.save()
+                model.sigma1.output.save()
+                model.layer2.output.save()
+                model.sigma2.output.save()
+
+    def edit1(n: int) -> None:
+        for _ in range(n):
+            with model.trace(x):
+                model.layer1.output[:, 0] = 0
+
+    return {"raw": raw, "empty": empty, "1 save": save1, "4 saves": save4, "1 edit": edit1}
+
+
+def check(net: nn.Module, model: NNsight, x: torch.Tensor) -> None:
+    """Make sure every case does what it claims before timing it."""
+    expected = net.layer1(x)
+    with model.trace(x):
+        h = model.layer1.output.save()
+    torch.testing.assert_close(h.value, expected)
+    with model.trace(x):
+        saved = [model.layer1.output.save(), model.sigma1.output.save(),
+                 model.layer2.output.save(), model.sigma2.output.save()]
+    torch.testing.assert_close(saved[-1].value, net(x))
+    with model.trace(x) as tracer:
+        model.layer1.output[:, 0] = 0
+        h = model.layer1.output.save()
+    assert float(h.value.detach()[0, 0]) == 0.0, "the edit case did not edit layer1's output"
+    edited = expected.clone()
+    edited[:, 0] = 0
+    torch.testing.assert_close(tracer.output, net[1:](edited))
+
+
+def measure(cases: Dict[str, Callable[[int], None]], rounds: int, calls: int,
+            warmup: int) -> Dict[str, List[float]]:
+    """Per-round mean microseconds per call of each case, interleaved in rotating order."""
+    names = list(cases)
+    per_round: Dict[str, List[float]] = {name: [] for name in names}
+    clock = time.perf_counter_ns
+    for r in range(warmup + rounds):
+        shift = r % len(names)
+        order = names[shift:] + names[:shift]
+        gc.collect()
+        for name in order:
+            fn = cases[name]
+            start = clock()
+            fn(calls)
+            elapsed = clock() - start
+            if r >= warmup:
+                per_round[name].append(elapsed / calls / 1e3)
+    return per_round
+
+
+def quartiles(values: List[float]) -> Tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def verdict(value: float, target: float) -> str:
+    return f"{'ok  ' if value <= target else 'MISS'} (target <= {target:g} us)"
+
+
+def report(per_round: Dict[str, List[float]], args: argparse.Namespace, grad_mode: str) -> None:
+    med = {name: statistics.median(v) for name, v in per_round.items()}
+    raw = med["raw"]
+    print(f"\n{'case':<9} {'median us/call':>15} {'p25-p75 of rounds':>19} {'best round':>11} "
+          f"{'median - raw':>13}")
+    print("-" * 71)
+    for name, values in per_round.items():
+        lo, hi = quartiles(values)
+        minus = "" if name == "raw" else f"{med[name] - raw:+13.2f}"
+        print(f"{name:<9} {med[name]:>15.2f} {lo:>9.2f} - {hi:<7.2f} {min(values):>11.2f} {minus:>13}")
+
+    fixed = med["empty"] - raw
+    extra = (med["4 saves"] - med["1 save"]) / 3
+    first = med["1 save"] - med["empty"]
+    edit = med["1 edit"] - med["empty"]
+    print("\nderived (from medians):")
+    print(f"  fixed cost per trace     empty - raw              {fixed:8.2f} us   "
+          f"{verdict(fixed, TARGET_FIXED_US)}")
+    print(f"  per extra intervention   (4 saves - 1 save) / 3   {extra:8.2f} us   "
+          f"{verdict(extra, TARGET_PER_INTERVENTION_US)}")
+    print(f"  first intervention       1 save - empty           {first:8.2f} us   "
+          f"{verdict(first, TARGET_PER_INTERVENTION_US)}")
+    print(f"  one in-place edit        1 edit - empty           {edit:8.2f} us")
+    print(f"\n{args.rounds} rounds x {args.calls} calls per case, {args.warmup} warm-up round(s) "
+          f"dropped; {grad_mode}.")
+
+
+def profile(cases: Dict[str, Callable[[int], None]], calls: int, top: int) -> None:
+    fn = cases["1 save"]
+    fn(max(calls // 10, 10))  # warm up outside the profiler
+    profiler = cProfile.Profile()
+    profiler.enable()
+    fn(calls)
+    profiler.disable()
+
+    stream = io.StringIO()
+    stats = pstats.Stats(profiler, stream=stream)
+    total = stats.total_tt
+    print(f"\ncProfile of the '1 save' case, {calls} traces "
+          f"({total / calls * 1e6:.1f} us per trace under the profiler; the profiler inflates "
+          "Python-heavy code, so compare shares, not absolute times).")
+    # Where the self time goes, by package (before strip_dirs drops the paths).
+    groups: Dict[str, float] = {}
+    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        group = _group(filename)
+        groups[group] = groups.get(group, 0.0) + tottime
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    print(stream.getvalue().rstrip())
+    print("\nself time by package:")
+    for name, tt in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<22} {tt / total * 100:5.1f}%   {tt / calls * 1e6:7.2f} us per trace")
+
+
+def _group(filename: str) -> str:
+    path = filename.replace(os.sep, "/")
+    for key, label in (("/nnsight_core/", "nnsight_core"), ("/nnsight_torch/", "nnsight_torch"),
+                       ("/pluggy/", "pluggy"), ("/torch/utils/_pytree", "torch pytree"),
+                       ("/torch/", "torch (Python)")):
+        if key in path:
+            return label
+    if filename == "~":
+        return "builtins / C"
+    if path.endswith("overhead.py"):
+        return "benchmark loop"
+    return "other (stdlib, ...)"
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30, help="measured rounds (default 30)")
+    parser.add_argument("--calls", type=int, default=200,
+                        help="calls of each case per round (default 200)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up rounds dropped (default 3)")
+    parser.add_argument("--grad", action="store_true",
+                        help="leave autograd on for every case (default: torch.no_grad() for all)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing, run the '1 save' case under cProfile and print "
+                             "the top functions by tottime")
+    parser.add_argument("--profile-calls", type=int, default=5000,
+                        help="traces to run under the profiler (default 5000)")
+    parser.add_argument("--top", type=int, default=25, help="functions to list with --profile")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.calls < 1 or args.warmup < 0:
+        parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
+
+    torch.set_num_threads(1)
+    net, model, x = build()
+    cases = make_cases(net, model, x)
+    grad_mode = ("autograd ON for every case (--grad)" if args.grad
+                 else "autograd OFF for every case (torch.no_grad())")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, "
+          f"nnsight_core {nnsight_core.__version__}, torch threads {torch.get_num_threads()}, "
+          f"{platform.machine()}")
+    print(grad_mode)
+
+    with contextlib.nullcontext() if args.grad else torch.no_grad():
+        check(net, model, x)
+        if args.profile:
+            profile(cases, args.profile_calls, args.top)
+        else:
+            per_round = measure(cases, args.rounds, args.calls, args.warmup)
+            report(per_round, args, grad_mode)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
