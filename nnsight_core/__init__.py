@@ -8,10 +8,10 @@ and register under the ``nnsight_core`` entry-point group.
 from __future__ import annotations
 
 from .envoy import Envoy
-from .errors import (AdapterNotFoundError, BatchError, EnvoyAttributeError, InterventionError,
-                     InvokeError, MissedCallError, ModuleIndexError, NNsightError,
-                     OutOfOrderEditError, ProxyControlFlowError, ProxyScopeError, TraceStateError,
-                     ValueNotSetError)
+from .errors import (AdapterNotFoundError, BatchError, EnvoyAttributeError, InputError,
+                     InterventionError, InvokeError, MissedCallError, ModelKeyError,
+                     ModuleIndexError, NNsightError, OutOfOrderEditError, ProxyCallError,
+                     ProxyControlFlowError, ProxyScopeError, TraceStateError, ValueNotSetError)
 from .graph import OPS, Graph, Node
 from .hookspecs import hookimpl, hookspec
 from .interleaver import Interleaver
@@ -28,12 +28,14 @@ __all__ = [
     "Envoy",
     "EnvoyAttributeError",
     "Graph",
+    "InputError",
     "Interleaver",
     "InterventionError",
     "InterventionProxy",
     "InvokeError",
     "Invoker",
     "MissedCallError",
+    "ModelKeyError",
     "ModuleIndexError",
     "NNsightError",
     "NNsightModel",
@@ -41,6 +43,7 @@ __all__ = [
     "OPS",
     "OutOfOrderEditError",
     "Proxy",
+    "ProxyCallError",
     "ProxyControlFlowError",
     "ProxyScopeError",
     "Runner",

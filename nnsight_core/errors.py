@@ -21,6 +21,9 @@ __all__ = [
     "OutOfOrderEditError",
     "InterventionError",
     "AdapterNotFoundError",
+    "InputError",
+    "ModelKeyError",
+    "ProxyCallError",
 ]
 
 
@@ -74,3 +77,15 @@ class InterventionError(NNsightError, RuntimeError):
 
 class AdapterNotFoundError(NNsightError, LookupError):
     """Raised when no installed adapter answers a hook for a model class."""
+
+
+class InputError(NNsightError, ValueError):
+    """Raised when a trace or invoke gets no inputs, or inputs its adapter cannot use."""
+
+
+class ModelKeyError(NNsightError, TypeError):
+    """Raised when a model wrapper is given a model key its adapter cannot load."""
+
+
+class ProxyCallError(NNsightError, TypeError):
+    """Raised when a proxy that is not a method of a value is called inside a trace."""

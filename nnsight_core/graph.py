@@ -3,8 +3,9 @@
 The graph is data. Each :class:`Node` names its operation from the closed
 vocabulary :data:`OPS`; its arguments are constants or other nodes. The
 :class:`~nnsight_core.interleaver.Interleaver` runs a graph alongside the
-model's forward pass, dispatching ``getattr(interleaver, node.op)(node)``, so
-the vocabulary is also the Interleaver's list of override points.
+model's forward pass: ``output`` and ``inputs`` nodes get their values from its
+hooks, and every other node runs as ``getattr(interleaver, node.op)(node, args,
+kwargs)``, so those ops are also the Interleaver's override points.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ OPS: Dict[str, str] = {
     "save": "Keep args[0]'s value after the trace. args: (value,).",
 }
 
-#: Ops whose value belongs to one module call: they run inside that module's hook.
+#: Ops whose value belongs to one module call; they run inside that module's hook.
 MODULE_VALUE_OPS = frozenset({"output", "inputs", "set_output", "set_inputs", "set_input"})
 _FED_OPS = frozenset({"output", "inputs"})
 # Ops through which an in-place edit still reaches the value they were taken from.
@@ -55,7 +56,7 @@ class _Empty:
         return "<empty>"
 
 
-#: Sentinel for "no value": a node not yet run, or whose value was freed.
+#: Sentinel for "no value", held by a node not yet run or whose value was freed.
 EMPTY: Any = _Empty()
 
 
@@ -107,7 +108,7 @@ class Node:
         self.where = where
         self.value: Any = EMPTY
         self.done = False
-        #: True when an in-place edit reaches this module value: it is copied first.
+        #: True when an in-place edit reaches this module value, which is then copied first.
         self.mutated = False
         self._pending = len(deps)
         self._uses_left = 0
@@ -115,6 +116,7 @@ class Node:
 
     @property
     def name(self) -> str:
+        """Short label used in printed graphs, e.g. ``%3_add``."""
         label = self.target if self.op == "operator" else self.op
         return f"%{self.index}_{label}"
 
@@ -158,8 +160,8 @@ class Graph:
         >>> with model.trace(x) as tracer:
         ...     h = model.layer1.output.save()
         >>> print(tracer.graph)   # doctest: +SKIP
-        %0 output  = model.layer1.output (call 0, invoke 0)
-        %1 save    = save(%0)   [saved]
+        %0   model.layer1.output (call 0, invoke 0)
+        %1   save(%0)   [saved]
 
     Attributes:
         nodes: All nodes in recording order.

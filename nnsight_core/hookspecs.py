@@ -19,12 +19,15 @@ if TYPE_CHECKING:
 
     from .model import NNsightModel
 
-__all__ = ["hookspec", "hookimpl", "PROJECT"]
+__all__ = ["hookspec", "hookimpl", "PROJECT", "nnsight_load", "nnsight_prepare_inputs",
+           "nnsight_batch_inputs", "nnsight_execute"]
 
 #: Name of the pluggy project and of the entry-point group adapters register under.
 PROJECT = "nnsight_core"
 
+#: Marks a function of this module as a hook specification.
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marks an adapter's function as an implementation of a hook (``@hookimpl``, ``@hookimpl(trylast=True)``).
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 

@@ -44,7 +44,7 @@ class Interleaver:
     """Context manager that interleaves ``graph`` with calls of ``root`` and its submodules.
 
     Example:
-        >>> with Interleaver(graph, net):
+        >>> with Interleaver(graph, net) as interleaver:   # doctest: +SKIP
         ...     out = net(x)
         >>> interleaver.check_complete()   # doctest: +SKIP
 

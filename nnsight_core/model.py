@@ -14,7 +14,7 @@ import torch
 
 from . import _state
 from .envoy import Envoy
-from .errors import TraceStateError
+from .errors import InputError, TraceStateError
 from .graph import Graph
 from .interleaver import Interleaver
 from .plugins import call_hook
@@ -76,19 +76,20 @@ class NNsightModel:
                 ``tracer.invoke(...)`` blocks.
             trace: If False, run the model on ``inputs`` at once and return its output.
             invoker_args: Keyword arguments for the invoke's input preparation.
-            scan: Accepted for compatibility; shape scanning costs nothing until asked for.
+            scan: Accepted for nnsight compatibility. Shape scanning with fake tensors
+                is not implemented yet, so it costs nothing either way.
             **kwargs: Passed to execution (the model call).
 
         Returns:
             The Runner, or the model's output when ``trace=False``.
 
         Raises:
-            ValueError: ``trace=False`` without inputs.
+            InputError: ``trace=False`` without inputs (also a ``ValueError``).
         """
         invoker_args = dict(invoker_args or {})
         if not trace:
             if not inputs and not invoker_args:
-                raise ValueError("trace(trace=False) runs the model at once and needs inputs: "
+                raise InputError("trace(trace=False) runs the model at once and needs inputs: "
                                  "pass them, e.g. model.trace(x, trace=False).")
             prepared, size = self._prepare_inputs(inputs, invoker_args)
             batched = self._batch_inputs([prepared], [size])

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from . import _state
 from ._tree import map_structure
-from .errors import ProxyControlFlowError, ProxyScopeError, TraceStateError, ValueNotSetError
+from .errors import ProxyCallError, ProxyControlFlowError, ProxyScopeError, TraceStateError, ValueNotSetError
 from .graph import EMPTY, Graph, Node
 
 __all__ = ["Proxy", "InterventionProxy", "apply_op"]
@@ -121,7 +121,7 @@ class Proxy:
             return type(self)(graph.rewrite_as_method_call(node, args, kwargs))
         if node.value is not EMPTY and not node.graph.recording:
             return self.value(*args, **kwargs)
-        raise TypeError(f"{node.describe()} is not callable inside a trace; only methods of a value "
+        raise ProxyCallError(f"{node.describe()} is not callable inside a trace; only methods of a value "
                         "(`proxy.sum(dim=1)`) and modules (`model.lm_head(h)`) can be called.")
 
     @classmethod

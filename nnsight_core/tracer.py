@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from . import _state
-from .errors import InvokeError, TraceStateError
+from .errors import InputError, InvokeError, TraceStateError
 from .graph import Graph
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Invoker:
             raise InvokeError(f"invokes cannot be nested: invoke {runner._invoker.index} is still "
                               "open; close it before opening the next one.")
         if not self.inputs and not self.kwargs:
-            raise InvokeError("invoke() was given no inputs: pass the inputs for this invoke, "
+            raise InputError("invoke() was given no inputs: pass the inputs for this invoke, "
                               "e.g. `tracer.invoke(x)`.")
         index = len(runner._prepared)
         prepared, size = runner._model._prepare_inputs(self.inputs, self.kwargs)
@@ -112,6 +112,7 @@ class Runner:
 
     @property
     def graph(self) -> Graph:
+        """The recorded graph; printable, and kept (without unsaved values) after execution."""
         return self._graph
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
@@ -145,7 +146,7 @@ class Runner:
             return
         try:
             if not self._prepared:
-                raise InvokeError("the trace has no inputs: give them to trace(...) or open "
+                raise InputError("the trace has no inputs: give them to trace(...) or open "
                                   "`with tracer.invoke(inputs):` blocks inside it.")
             batched = self._model._batch_inputs(self._prepared, self._sizes)
             self._output = self._model.interleave(self._model._execute, graph, batched, **self._kwargs)
@@ -187,6 +188,7 @@ class Runner:
 
     @property
     def inputs(self) -> Any:
+        """The root module's ``(args, kwargs)`` proxy (inside the block)."""
         return self._model.inputs
 
     @inputs.setter
@@ -195,6 +197,7 @@ class Runner:
 
     @property
     def input(self) -> Any:
+        """The root module's first positional argument proxy (inside the block)."""
         return self._model.input
 
     @input.setter

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from nnsight_core import (EnvoyAttributeError, InterventionError, InvokeError, MissedCallError,
+from nnsight_core import (EnvoyAttributeError, InputError, InterventionError, InvokeError, MissedCallError,
                           ModuleIndexError, OutOfOrderEditError, TraceStateError)
 from nnsight_core.testing import hook_count
 from nnsight_torch import NNsight
@@ -610,7 +610,7 @@ def test_state_errors(net):
         with model.trace(torch.rand(1, 5)) as tracer:
             with tracer.invoke(torch.rand(1, 5)):
                 pass
-    with pytest.raises(InvokeError, match="no inputs"):
+    with pytest.raises(InputError, match="no inputs"):
         with model.trace():
             pass
     with pytest.raises(InvokeError, match="outside an invoke"):

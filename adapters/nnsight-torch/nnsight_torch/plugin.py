@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils import _pytree as pytree
 
-from nnsight_core import BatchError, hookimpl
+from nnsight_core import BatchError, InputError, ModelKeyError, hookimpl
 
 from .model import NNsight
 
@@ -22,7 +22,7 @@ def nnsight_load(model: Any, model_key: Any, args: Tuple[Any, ...], kwargs: Dict
         return None
     if isinstance(model_key, torch.nn.Module):
         return model_key
-    raise TypeError(f"NNsight wraps a torch.nn.Module instance, not {type(model_key).__name__} "
+    raise ModelKeyError(f"NNsight wraps a torch.nn.Module instance, not {type(model_key).__name__} "
                     f"{model_key!r}; for a Hugging Face model id use LanguageModel (nnsight-transformers).")
 
 
@@ -37,7 +37,7 @@ def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
     for leaf in pytree.tree_leaves((inputs, kwargs)):
         if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
             return (inputs, kwargs), leaf.shape[0]
-    raise BatchError(f"NNsight found no tensor with a batch dimension among the invoke's inputs "
+    raise InputError(f"NNsight found no tensor with a batch dimension among the invoke's inputs "
                      f"({', '.join(type(i).__name__ for i in inputs) or 'none'}); pass the module's "
                      "inputs as tensors whose first dimension is the batch.")
 

@@ -1,0 +1,31 @@
+"""Every example file the documentation includes runs and passes its own checks."""
+
+import pathlib
+import runpy
+
+import pytest
+
+EXAMPLES = sorted((pathlib.Path(__file__).parents[2] / "docs" / "examples").glob("*.py"))
+
+
+def test_there_are_examples():
+    assert len(EXAMPLES) >= 10
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_docs_example_runs(path, capsys):
+    runpy.run_path(str(path), run_name="__main__")
+
+
+def test_every_example_is_included_in_a_page():
+    pages = "".join(p.read_text() for p in (EXAMPLES[0].parents[1]).rglob("*.rst"))
+    missing = [p.name for p in EXAMPLES if f"examples/{p.name}" not in pages]
+    assert not missing, f"examples not shown on any docs page: {missing}"
+
+
+def test_readme_tour_runs():
+    readme = (EXAMPLES[0].parents[2] / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    assert blocks, "the README has no python example"
+    for block in blocks:
+        exec(compile(block.split("```")[0], "README.md", "exec"), {"__name__": "__readme__"})
