@@ -56,7 +56,7 @@ class TraceStateError(NNsightError, RuntimeError):
 
 
 class InvokeError(NNsightError, RuntimeError):
-    """Raised when invokes are opened, nested or left empty in a way the Runner cannot batch."""
+    """Raised when invokes are opened, nested or sized in a way the Runner cannot batch."""
 
 
 class BatchError(NNsightError, ValueError):
