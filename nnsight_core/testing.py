@@ -34,11 +34,12 @@ __all__ = ["AdapterConformance", "hook_count"]
 
 
 def hook_count(module: torch.nn.Module) -> int:
-    """Number of forward, forward-pre and backward hooks on ``module`` and all its submodules."""
+    """Hooks on ``module`` and all its submodules: forward, forward-pre and backward hooks,
+    plus instance-level ``forward`` overrides (how the Interleaver hooks a module)."""
     total = 0
     for sub in module.modules():
         total += len(sub._forward_hooks) + len(sub._forward_pre_hooks) + len(sub._backward_hooks)
-        total += len(getattr(sub, "_backward_pre_hooks", {}))
+        total += len(getattr(sub, "_backward_pre_hooks", {})) + ("forward" in sub.__dict__)
     return total
 
 

@@ -5,6 +5,7 @@ from collections import OrderedDict
 import torch
 
 from nnsight_core import ProxyScopeError
+from nnsight_core.testing import hook_count
 from nnsight_torch import NNsight
 
 torch.manual_seed(0)
@@ -18,7 +19,7 @@ model = NNsight(net)
 
 def no_hooks_left() -> bool:
     """After any error the model holds no hook of the library."""
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    return hook_count(net) == 0
 
 
 other_net = torch.nn.Sequential(OrderedDict([("layer1", torch.nn.Linear(5, 10))]))

@@ -658,3 +658,40 @@ def test_graph_prints_readably(net):
     assert "setitem(%0, (:, 0), 0)" in text
     assert "operator[mul](%2, 2)" in text
     assert "[saved]" in text
+
+
+def test_hooked_forward_keeps_signature_and_user_hooks_see_edits(net):
+    import inspect
+
+    model = NNsight(net)
+    seen = {}
+
+    def user_hook(module, args, output):
+        seen["signature"] = inspect.signature(module.forward)
+        seen["output"] = output.detach().clone()
+
+    handle = net.layer1.register_forward_hook(user_hook)
+    try:
+        with model.trace(torch.rand(2, 5)):
+            model.layer1.output[:] = 3
+    finally:
+        handle.remove()
+    assert str(seen["signature"]) == str(inspect.signature(torch.nn.Linear(1, 1).forward))
+    assert torch.equal(seen["output"], torch.full((2, 10), 3.0))
+    assert "forward" not in net.layer1.__dict__ and hook_count(net) == 0
+
+
+def test_instance_forward_set_by_others_is_restored(net):
+    original = net.layer1.forward
+
+    def wrapped(x):
+        return original(x) + 1
+
+    net.layer1.forward = wrapped          # e.g. accelerate's device hooks do this
+    model = NNsight(net)
+    x = torch.rand(1, 5)
+    with model.trace(x):
+        out = model.layer1.output.save()
+    assert net.layer1.forward is wrapped
+    torch.testing.assert_close(out.value, net.layer1(x))
+    torch.testing.assert_close(out.value, original(x) + 1)
