@@ -52,6 +52,9 @@ class Envoy:
             path = f"{self._path}.{name}" if self._path else name
             child = Envoy(self._module._modules[name], path, self._wrapper)
             self._children[name] = child
+            if not hasattr(type(self), name):
+                # Later `envoy.name` lookups find the child without __getattr__.
+                self.__dict__[name] = child
         return child
 
     def _rebind(self, module: torch.nn.Module) -> None:
@@ -61,6 +64,7 @@ class Envoy:
                 child._rebind(module._modules[name])
             else:
                 del self._children[name]
+                self.__dict__.pop(name, None)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
@@ -85,6 +89,7 @@ class Envoy:
         else:
             setattr(self._module, name, value)
             self._children.pop(name, None)
+            self.__dict__.pop(name, None)
 
     def __getitem__(self, key: Union[int, slice, str]) -> Union[Envoy, List[Envoy]]:
         names = list(self._module._modules)

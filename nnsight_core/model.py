@@ -138,13 +138,20 @@ class NNsightModel:
                            args=self.args + args, kwargs={**self.kwargs, **kwargs}, meta=False)
         self.__dict__["_model"] = module
         self.__dict__["dispatched"] = True
-        self._envoy._rebind(module)
+        self._rebind(module)
 
     def to(self, *args: Any, **kwargs: Any) -> NNsightModel:
         """Move or cast the wrapped module like ``torch.nn.Module.to``; returns the wrapper."""
         self.__dict__["_model"] = self._model.to(*args, **kwargs)
-        self._envoy._rebind(self._model)
+        self._rebind(self._model)
         return self
+
+    def _rebind(self, module: torch.nn.Module) -> None:
+        self._envoy._rebind(module)
+        children = self._envoy._children
+        for name, value in list(self.__dict__.items()):
+            if isinstance(value, Envoy) and children.get(name) is not value:
+                del self.__dict__[name]
 
     # -- adapter hooks ---------------------------------------------------------------
 
@@ -189,7 +196,19 @@ class NNsightModel:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__") or "_envoy" not in self.__dict__:
             raise AttributeError(name)
-        return getattr(self._envoy, name)
+        value = getattr(self._envoy, name)
+        if isinstance(value, Envoy):
+            # Child envoys are rebound in place on dispatch, so caching them is safe.
+            self.__dict__[name] = value
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, torch.nn.Module) and not name.startswith("_"):
+            # Adding or replacing a submodule goes to the wrapped module.
+            setattr(self._envoy, name, value)
+            self.__dict__.pop(name, None)
+        else:
+            object.__setattr__(self, name, value)
 
     def __getitem__(self, key: Any) -> Any:
         return self._envoy[key]

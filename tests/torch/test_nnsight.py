@@ -695,3 +695,16 @@ def test_instance_forward_set_by_others_is_restored(net):
     assert net.layer1.forward is wrapped
     torch.testing.assert_close(out.value, net.layer1(x))
     torch.testing.assert_close(out.value, original(x) + 1)
+
+
+def test_replacing_a_submodule_through_the_wrapper(net):
+    model = NNsight(net)
+    old = model.layer2
+    torch.manual_seed(5)
+    new = torch.nn.Linear(10, 2)
+    model.layer2 = new
+    assert net.layer2 is new and model.layer2._module is new and model.layer2 is not old
+    x = torch.rand(1, 5)
+    with model.trace(x):
+        out = model.layer2.output.save()
+    torch.testing.assert_close(out.value, new(net.sigma1(net.layer1(x))))
