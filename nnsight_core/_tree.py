@@ -10,7 +10,7 @@ registers its ``ModelOutput`` classes with.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -45,7 +45,7 @@ def write_back(
     full: Any,
     replaced: Dict[int, Any],
     narrowed: Dict[int, Any],
-    rows: Dict[int, Rows],
+    rows: Sequence[Rows],
     batch_size: int,
     where: str,
 ) -> Any:

@@ -69,7 +69,7 @@ class Interleaver:
         self._ready: List[int] = []
         self._bypass = 0
         self._thread = threading.get_ident()
-        self._rows = dict(enumerate(graph.rows))
+        self._rows = graph.rows
         batch = graph.batch_size
         self._whole = len(graph.rows) == 1 and graph.rows[0] == (0, batch)
 

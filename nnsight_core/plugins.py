@@ -46,7 +46,7 @@ def call_hook(name: str, **kwargs: Any) -> Any:
     Raises:
         AdapterNotFoundError: Naming the hook, the wrapper class and the loaded adapters.
     """
-    manager = get_plugin_manager()
+    manager = _manager or get_plugin_manager()
     result = getattr(manager.hook, name)(**kwargs)
     if result is None:
         model = kwargs.get("model")

@@ -87,9 +87,10 @@ def _device(module: torch.nn.Module) -> Optional[torch.device]:
     param = next(iter(module._parameters.values()), None)
     if param is None:
         param = next(module.parameters(), None)
-    if param is None or param.device.type == "meta":
+    if param is None:
         return None
-    return param.device
+    device = param.device
+    return None if device.type == "meta" else device
 
 
 def _all_on(device: torch.device, args: Any, kwargs: Dict[str, Any]) -> bool:
