@@ -19,7 +19,7 @@ from .graph import display_path
 if TYPE_CHECKING:
     from .model import NNsightModel
     from .proxy import Proxy
-    from .tracer import Invoker, Runner
+    from .tracer import Invoker
 
 __all__ = ["Envoy"]
 
