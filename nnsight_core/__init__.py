@@ -11,7 +11,8 @@ from .envoy import Envoy
 from .errors import (AdapterNotFoundError, BatchError, EnvoyAttributeError, InputError,
                      InterventionError, InvokeError, MissedCallError, ModelKeyError,
                      ModuleIndexError, NNsightError, OutOfOrderEditError, ProxyCallError,
-                     ProxyControlFlowError, ProxyScopeError, TraceStateError, ValueNotSetError)
+                     ProxyControlFlowError, ProxyScopeError, TokenIndexError, TraceStateError,
+                     ValueNotSetError)
 from .graph import OPS, Graph, Node
 from .hookspecs import hookimpl, hookspec
 from .interleaver import Interleaver
@@ -47,6 +48,7 @@ __all__ = [
     "ProxyControlFlowError",
     "ProxyScopeError",
     "Runner",
+    "TokenIndexError",
     "TraceStateError",
     "ValueNotSetError",
     "get_plugin_manager",

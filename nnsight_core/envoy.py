@@ -50,7 +50,10 @@ class Envoy:
         child = self._children.get(name)
         if child is None:
             path = f"{self._path}.{name}" if self._path else name
-            child = Envoy(self._module._modules[name], path, self._wrapper)
+            module = self._module._modules.get(name)
+            if module is None:  # a module the wrapper attached beside the model
+                module = self._wrapper._attached[name]
+            child = Envoy(module, path, self._wrapper)
             self._children[name] = child
             if not hasattr(type(self), name):
                 # Later `envoy.name` lookups find the child without __getattr__.
@@ -62,7 +65,7 @@ class Envoy:
         for name, child in list(self._children.items()):
             if name in module._modules:
                 child._rebind(module._modules[name])
-            else:
+            elif self._path or name not in self._wrapper._attached:
                 del self._children[name]
                 self.__dict__.pop(name, None)
 
@@ -70,7 +73,7 @@ class Envoy:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         module = self.__dict__["_module"]
-        if name in module._modules:
+        if name in module._modules or (not self._path and name in self._wrapper._attached):
             return self._child(name)
         try:
             return getattr(module, name)

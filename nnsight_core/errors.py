@@ -24,6 +24,7 @@ __all__ = [
     "InputError",
     "ModelKeyError",
     "ProxyCallError",
+    "TokenIndexError",
 ]
 
 
@@ -89,3 +90,7 @@ class ModelKeyError(NNsightError, TypeError):
 
 class ProxyCallError(NNsightError, TypeError):
     """Raised when a proxy that is not a method of a value is called inside a trace."""
+
+
+class TokenIndexError(NNsightError, IndexError):
+    """Raised when a token index falls outside the tokens of the invoke it is used in."""

@@ -75,11 +75,14 @@ def nnsight_batch_inputs(model: NNsightModel, prepared: List[Any],
 
 
 @hookspec(firstresult=True)
-def nnsight_execute(model: NNsightModel, batched: Any, kwargs: Dict[str, Any]) -> Optional[Any]:
+def nnsight_execute(model: NNsightModel, batched: Any, kwargs: Dict[str, Any],
+                    method: Optional[str]) -> Optional[Any]:
     """Run the model on the batched inputs and return its output.
 
     Called inside ``NNsightModel.interleave``, so hooks for the intervention
-    graph are in place. ``kwargs`` are the trace's extra keyword arguments.
+    graph are in place. ``kwargs`` are the trace's extra keyword arguments;
+    ``method`` names what to run: ``None`` for a forward pass, or the name the
+    wrapper gave its Runner (e.g. ``"generate"``).
     First result wins; return ``None`` for wrappers that are not yours (a
     model whose output is ``None`` therefore lets later plugins run too).
     """

@@ -22,7 +22,7 @@ from __future__ import annotations
 import operator as _operator
 import threading
 from heapq import heappop, heappush
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -60,9 +60,11 @@ class Interleaver:
     each called as ``method(node, args, kwargs)`` with concrete arguments.
     """
 
-    def __init__(self, graph: Graph, root: torch.nn.Module) -> None:
+    def __init__(self, graph: Graph, root: torch.nn.Module,
+                 attached: Optional[Dict[str, torch.nn.Module]] = None) -> None:
         self.graph = graph
         self.root = root
+        self.attached = attached or {}
         self._restore: List[Tuple[torch.nn.Module, Any]] = []
         self._calls: Dict[Tuple[str, str], int] = {}
         self._open: Dict[Tuple[str, str, int], _Event] = {}
@@ -106,7 +108,7 @@ class Interleaver:
                 module.__dict__["forward"] = previous
 
     def _hook(self, path: str, inputs: bool, output: bool) -> None:
-        module = self.root.get_submodule(path)
+        module = self.module(path)
         forward = module.forward
         event = self._event
         thread = self._thread
@@ -170,6 +172,13 @@ class Interleaver:
                           f"{display_path(path)}.{kind} (call {call})")
 
     # -- execution ------------------------------------------------------------
+
+    def module(self, path: str) -> torch.nn.Module:
+        """The module at ``path``: in the wrapped model, or one attached beside it."""
+        head, _, rest = path.partition(".")
+        if head in self.attached and head not in self.root._modules:
+            return self.attached[head].get_submodule(rest)
+        return self.root.get_submodule(path)
 
     def _feed(self, node: Node, value: Any) -> None:
         node.value = value
@@ -262,7 +271,7 @@ class Interleaver:
         return args[0]
 
     def call_module(self, node: Node, args: tuple, kwargs: dict) -> Any:
-        module = self.root.get_submodule(node.target)
+        module = self.module(node.target)
         self._bypass += 1
         try:
             return module(*args, **kwargs)

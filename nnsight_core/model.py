@@ -54,6 +54,7 @@ class NNsightModel:
         d["kwargs"] = kwargs
         d["custom_model"] = isinstance(model_key, torch.nn.Module)
         d["_lock"] = threading.RLock()
+        d["_attached"] = {}
         if self.custom_model:
             d["_model"] = model_key
             d["dispatched"] = True
@@ -124,7 +125,7 @@ class NNsightModel:
         if not self.dispatched:
             self.dispatch_model()
         with self._lock:
-            interleaver = Interleaver(intervention_graph, self._model)
+            interleaver = Interleaver(intervention_graph, self._model, self._attached)
             with interleaver:
                 output = fn(*inputs, **kwargs)
             interleaver.check_complete()
@@ -150,7 +151,7 @@ class NNsightModel:
         self._envoy._rebind(module)
         children = self._envoy._children
         for name, value in list(self.__dict__.items()):
-            if isinstance(value, Envoy) and children.get(name) is not value:
+            if isinstance(value, Envoy) and value is not self._envoy and children.get(name) is not value:
                 del self.__dict__[name]
 
     # -- adapter hooks ---------------------------------------------------------------
@@ -161,8 +162,20 @@ class NNsightModel:
     def _batch_inputs(self, prepared: List[Any], batch_sizes: List[int]) -> Any:
         return call_hook("nnsight_batch_inputs", model=self, prepared=prepared, batch_sizes=batch_sizes)
 
-    def _execute(self, batched: Any, **kwargs: Any) -> Any:
-        return call_hook("nnsight_execute", model=self, batched=batched, kwargs=kwargs)
+    def _execute(self, batched: Any, method: Optional[str] = None, **kwargs: Any) -> Any:
+        return call_hook("nnsight_execute", model=self, batched=batched, kwargs=kwargs, method=method)
+
+    def _attach(self, name: str, module: torch.nn.Module) -> Envoy:
+        """Give the wrapper an extra top-level module, outside the wrapped module's tree.
+
+        Adapters use it for values the model itself has no module for (e.g.
+        ``LanguageModel.generator``, called with the generated ids): the module
+        gets an envoy ``model.<name>`` and is hooked like any other; the wrapped
+        module and its ``repr`` stay untouched.
+        """
+        self._attached[name] = module
+        self.__dict__.pop(name, None)
+        return self._envoy._child(name)
 
     # -- the module tree ---------------------------------------------------------------
 

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
     from .model import NNsightModel
     from .proxy import Proxy
 
-__all__ = ["Runner", "Invoker"]
+__all__ = ["Runner", "Invoker", "current_runner"]
+
+
+def current_runner() -> Optional[Runner]:
+    """The Runner recording in this thread, or None outside a trace."""
+    return _state.current_runner()
 
 
 class Invoker:
@@ -36,6 +41,8 @@ class Invoker:
         index: Position among the trace's invokes, set on entering.
         inputs: The raw inputs given to ``invoke``.
         kwargs: Keyword arguments for input preparation (``invoker_args``).
+        prepared: What the adapter's ``nnsight_prepare_inputs`` made of them, set on entering.
+        batch_size: How many batch rows the invoke owns, set on entering.
     """
 
     def __init__(self, runner: Runner, inputs: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
@@ -43,6 +50,8 @@ class Invoker:
         self.inputs = inputs
         self.kwargs = kwargs
         self.index: Optional[int] = None
+        self.prepared: Any = None
+        self.batch_size = 0
         # Per-invoke call cursor of each module (moved by Envoy.next()) and the
         # proxy currently standing for each module value (updated by assignments).
         self._cursors: Dict[str, int] = {}
@@ -59,13 +68,13 @@ class Invoker:
         if not self.inputs and not self.kwargs:
             raise InputError("invoke() was given no inputs: pass the inputs for this invoke, "
                               "e.g. `tracer.invoke(x)`.")
-        index = len(runner._prepared)
+        index = len(runner.invokers)
         prepared, size = runner._model._prepare_inputs(self.inputs, self.kwargs)
         if size < 1:
             raise InvokeError(f"invoke {index} has {size} rows: its inputs must have at least one "
                               "row in the batch dimension (dimension 0).")
-        runner._add_invoke(prepared, size)
-        self.index = index
+        self.index, self.prepared, self.batch_size = index, prepared, size
+        runner._add_invoke(self)
         runner._invoker = self
         return self
 
@@ -94,11 +103,14 @@ class Runner:
     Attributes:
         graph: The recorded :class:`~nnsight_core.graph.Graph` (released after execution).
         output: The model's raw output, after the block exits.
+        invokers: The invokes entered so far, in batch order.
+        method: The wrapper method the execution runs (None for a forward pass).
     """
 
     def __init__(self, model: NNsightModel, inputs: Tuple[Any, ...], invoker_args: Dict[str, Any],
-                 kwargs: Dict[str, Any], scan: bool = True) -> None:
+                 kwargs: Dict[str, Any], scan: bool = True, method: Optional[str] = None) -> None:
         self._model = model
+        self.method = method
         self._graph = Graph()
         self._inputs = inputs
         self._invoker_args = invoker_args
@@ -106,8 +118,7 @@ class Runner:
         self._scan = scan
         self._invoker: Optional[Invoker] = None
         self._auto: Optional[Invoker] = None
-        self._prepared: List[Any] = []
-        self._sizes: List[int] = []
+        self.invokers: List[Invoker] = []
         self._output: Any = None
 
     @property
@@ -145,11 +156,13 @@ class Runner:
             graph.release()
             return
         try:
-            if not self._prepared:
+            if not self.invokers:
                 raise InputError("the trace has no inputs: give them to trace(...) or open "
                                   "`with tracer.invoke(inputs):` blocks inside it.")
-            batched = self._model._batch_inputs(self._prepared, self._sizes)
-            self._output = self._model.interleave(self._model._execute, graph, batched, **self._kwargs)
+            batched = self._model._batch_inputs([i.prepared for i in self.invokers],
+                                                [i.batch_size for i in self.invokers])
+            self._output = self._model.interleave(self._model._execute, graph, batched,
+                                                  method=self.method, **self._kwargs)
         finally:
             graph.release()
 
@@ -162,12 +175,11 @@ class Runner:
         elif self in runners:
             runners.remove(self)
 
-    def _add_invoke(self, prepared: Any, size: int) -> None:
+    def _add_invoke(self, invoker: Invoker) -> None:
         graph = self._graph
-        graph.rows.append((graph.batch_size, graph.batch_size + size))
-        graph.batch_size += size
-        self._prepared.append(prepared)
-        self._sizes.append(size)
+        graph.rows.append((graph.batch_size, graph.batch_size + invoker.batch_size))
+        graph.batch_size += invoker.batch_size
+        self.invokers.append(invoker)
 
     def _invoke_index(self) -> Optional[int]:
         invoker = self._invoker

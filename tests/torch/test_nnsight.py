@@ -708,3 +708,13 @@ def test_replacing_a_submodule_through_the_wrapper(net):
     with model.trace(x):
         out = model.layer2.output.save()
     torch.testing.assert_close(out.value, new(net.sigma1(net.layer1(x))))
+
+
+def test_to_keeps_envoys_working(net):
+    model = NNsight(net)
+    model.layer1
+    model.to(torch.float64)
+    x = torch.rand(1, 5, dtype=torch.float64)
+    with model.trace(x):
+        out = model.layer1.output.save()
+    torch.testing.assert_close(out.value, net.layer1(x))

@@ -68,7 +68,7 @@ def nnsight_batch_inputs(model: Any, prepared: List[Any], batch_sizes: List[int]
 
 
 @hookimpl(trylast=True)
-def nnsight_execute(model: Any, batched: Any, kwargs: Dict[str, Any]) -> Any:
+def nnsight_execute(model: Any, batched: Any, kwargs: Dict[str, Any], method: Optional[str]) -> Any:
     if not isinstance(model, NNsight):
         return None
     args, invoke_kwargs = batched
@@ -77,7 +77,8 @@ def nnsight_execute(model: Any, batched: Any, kwargs: Dict[str, Any]) -> Any:
         args, invoke_kwargs = pytree.tree_map(
             lambda t: t.to(device) if isinstance(t, torch.Tensor) and t.device != device else t,
             (args, invoke_kwargs))
-    return model._model(*args, **invoke_kwargs, **kwargs)
+    run = model._model if method is None else getattr(model._model, method)
+    return run(*args, **invoke_kwargs, **kwargs)
 
 
 def _device(module: torch.nn.Module) -> Optional[torch.device]:

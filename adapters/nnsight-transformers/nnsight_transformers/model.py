@@ -1,0 +1,91 @@
+"""LanguageModel: trace, edit and generate with a Hugging Face causal language model."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from nnsight_core import ModelKeyError, Runner
+from nnsight_torch import NNsight
+
+from .proxy import LanguageModelProxy
+
+__all__ = ["LanguageModel", "Generator"]
+
+
+class Generator(torch.nn.Module):
+    """Identity module called with the generated ids, so ``model.generator.output`` can read them."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids
+
+
+class LanguageModel(NNsight):
+    """Wraps an ``AutoModelForCausalLM`` and its tokenizer for tracing and generation.
+
+    Example:
+        >>> model = LanguageModel("path/or/hub-id")            # meta skeleton, no weights read
+        >>> with model.trace("The Eiffel Tower is in the city of"):
+        ...     hidden = model.model.layers[5].output.save()
+        ...     logits = model.lm_head.output.t[-1].save()
+        >>> with model.generate("Hello", max_new_tokens=5):
+        ...     ids = model.generator.output.save()
+
+    Args:
+        model_key: A model id or folder (loaded lazily), or a module (then ``tokenizer`` is required).
+        tokenizer: A tokenizer; loaded from ``model_key`` when omitted.
+        automodel: The ``transformers`` auto class that loads the model.
+        tokenizer_kwargs: Extra arguments for ``AutoTokenizer.from_pretrained``.
+        dispatch: Load the real weights at once instead of at the first trace.
+        **kwargs: Passed to ``from_pretrained`` (``device_map``, ``dtype``, ``gguf_file``,
+            ``revision``, ...); those that name the checkpoint (``gguf_file``, ``revision``,
+            ``subfolder``, ...) also go to the config and tokenizer.
+
+    Inputs of ``trace``/``invoke``/``generate``: a prompt ``str``, prompts
+    ``List[str]``, token ids ``List[int]`` or a 1-D tensor (one row), batches
+    ``List[List[int]]`` or a 2-D tensor, or a dict / ``BatchEncoding`` with
+    ``input_ids`` (and ``attention_mask``). Invokes are left-padded to one batch
+    with the right attention mask and position ids. Keyword arguments of an
+    invoke go to the tokenizer (text inputs only).
+
+    Attributes:
+        tokenizer: The tokenizer; pads on the left and has a pad token (eos if it had none).
+        automodel: The auto class used to load the model.
+        generator: Envoy whose ``.output`` is the ids ``generate`` returned.
+    """
+
+    proxy_class = LanguageModelProxy
+
+    def __init__(self, model_key: Any, *args: Any, tokenizer: Optional[PreTrainedTokenizerBase] = None,
+                 automodel: Any = AutoModelForCausalLM, tokenizer_kwargs: Optional[Dict[str, Any]] = None,
+                 **kwargs: Any) -> None:
+        if isinstance(model_key, torch.nn.Module) and tokenizer is None:
+            raise ModelKeyError(
+                f"LanguageModel was given a {type(model_key).__name__} module without a tokenizer: "
+                "pass tokenizer=AutoTokenizer.from_pretrained(...), or pass the model id or folder "
+                "instead of the module."
+            )
+        self.__dict__["tokenizer"] = tokenizer
+        self.__dict__["automodel"] = automodel
+        self.__dict__["tokenizer_kwargs"] = dict(tokenizer_kwargs or {})
+        super().__init__(model_key, *args, **kwargs)
+        _prepare_tokenizer(self.tokenizer)
+        self._attach("generator", Generator())
+
+    def generate(self, *inputs: Any, invoker_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Runner:
+        """A trace that runs ``generate()``; keyword arguments (``max_new_tokens``, ...) go to it.
+
+        Every module runs once per generation step, so ``.next()`` addresses the
+        next step; ``model.generator.output`` is the generated ids (prompt
+        included, left padding of shorter invokes included).
+        """
+        return Runner(self, inputs, dict(invoker_args or {}), kwargs, method="generate")
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Pad on the left (the one place this is set) and make sure there is a pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token

@@ -1,0 +1,158 @@
+"""Hook implementations for :class:`~nnsight_transformers.LanguageModel`.
+
+Loading builds the model on the meta device from its config (no weight file
+read) until dispatch; inputs are tokenized per invoke and left-padded to one
+batch; execution runs the forward pass (with position ids computed from the
+attention mask) or ``generate``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from accelerate import init_empty_weights
+from transformers import AutoConfig, AutoTokenizer
+
+from nnsight_core import InputError, ModelKeyError, hookimpl
+
+from .model import LanguageModel
+
+# from_pretrained arguments that name the checkpoint, so config and tokenizer need them too.
+_CHECKPOINT_KWARGS = ("revision", "gguf_file", "subfolder", "trust_remote_code", "cache_dir", "token",
+                      "local_files_only", "force_download")
+
+
+@hookimpl
+def nnsight_load(model: Any, model_key: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                 meta: bool) -> Optional[torch.nn.Module]:
+    if not isinstance(model, LanguageModel):
+        return None
+    if isinstance(model_key, torch.nn.Module):
+        return model_key
+    if not isinstance(model_key, (str, os.PathLike)):
+        raise ModelKeyError(f"LanguageModel takes a model id, a folder or a module, not "
+                            f"{type(model_key).__name__}.")
+    checkpoint = {k: kwargs[k] for k in _CHECKPOINT_KWARGS if k in kwargs}
+    if model.tokenizer is None:
+        model.__dict__["tokenizer"] = AutoTokenizer.from_pretrained(
+            model_key, **{**checkpoint, **model.tokenizer_kwargs})
+    if meta:
+        config = AutoConfig.from_pretrained(model_key, **checkpoint)
+        with init_empty_weights():
+            return model.automodel.from_config(
+                config, trust_remote_code=checkpoint.get("trust_remote_code", False))
+    return model.automodel.from_pretrained(model_key, *args, **kwargs)
+
+
+@hookimpl
+def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
+                           kwargs: Dict[str, Any]) -> Optional[Tuple[Dict[str, torch.Tensor], int]]:
+    if not isinstance(model, LanguageModel):
+        return None
+    if len(inputs) != 1:
+        raise InputError(f"a LanguageModel invoke takes one input (a prompt, prompts, token ids or a "
+                         f"dict with input_ids), got {len(inputs)}; open one invoke per input.")
+    value = inputs[0]
+    tokenizer = model.tokenizer
+    if isinstance(value, str) or (isinstance(value, (list, tuple)) and value
+                                  and all(isinstance(v, str) for v in value)):
+        encoded = tokenizer([value] if isinstance(value, str) else list(value), padding=True,
+                            return_tensors="pt", return_token_type_ids=False, **kwargs)
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    else:
+        if kwargs:
+            raise InputError(f"keyword arguments of an invoke ({', '.join(kwargs)}) go to the "
+                             "tokenizer, so they only apply when the invoke's input is text.")
+        ids, mask = _ids_and_mask(value, tokenizer.pad_token_id)
+    if ids.shape[1] == 0:
+        raise InputError(f"the invoke's input {value!r} has no tokens: give at least one token.")
+    return {"input_ids": ids, "attention_mask": mask}, ids.shape[0]
+
+
+@hookimpl
+def nnsight_batch_inputs(model: Any, prepared: List[Dict[str, torch.Tensor]],
+                         batch_sizes: List[int]) -> Optional[Dict[str, torch.Tensor]]:
+    if not isinstance(model, LanguageModel):
+        return None
+    if len(prepared) == 1:
+        return prepared[0]
+    width = max(p["input_ids"].shape[1] for p in prepared)
+    pad = model.tokenizer.pad_token_id
+    ids = [_pad_left(p["input_ids"], width, pad) for p in prepared]
+    masks = [_pad_left(p["attention_mask"], width, 0) for p in prepared]
+    return {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
+
+
+@hookimpl
+def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[str, Any],
+                    method: Optional[str]) -> Any:
+    if not isinstance(model, LanguageModel):
+        return None
+    module = model._model
+    device = module.device
+    batched = {k: v.to(device) for k, v in batched.items()}
+    if method == "generate":
+        kwargs.setdefault("pad_token_id", model.tokenizer.pad_token_id)
+        output = module.generate(**batched, **kwargs)
+        return model._attached["generator"](output)
+    if method is not None:
+        return getattr(module, method)(**batched, **kwargs)
+    if "position_ids" not in kwargs and _takes_position_ids(type(module)):
+        # Left padding must not shift absolute positions (GPT-2): count real tokens only.
+        kwargs["position_ids"] = (batched["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    return module(**batched, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_position_ids(cls: type) -> bool:
+    return "position_ids" in inspect.signature(cls.forward).parameters
+
+
+def _ids_and_mask(value: Any, pad_id: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    mask = None
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"input_ids", "attention_mask", "token_type_ids"}
+        if "input_ids" not in value or unknown:
+            raise InputError(f"a dict input needs 'input_ids' (and may have 'attention_mask'); got "
+                             f"keys {sorted(value)}.")
+        mask = value.get("attention_mask")
+        value = value["input_ids"]
+    if isinstance(value, torch.Tensor):
+        ids = value
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+        ids = torch.tensor([list(value)])
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+        rows = [torch.tensor(list(row), dtype=torch.long) for row in value]
+        width = max(len(row) for row in rows)
+        ids = torch.cat([_pad_left(r[None], width, pad_id or 0) for r in rows])
+        mask = torch.cat([_pad_left(torch.ones(1, len(r), dtype=torch.long), width, 0) for r in rows])
+    else:
+        raise InputError(f"LanguageModel cannot use a {type(value).__name__} as input: give a prompt "
+                         "str, a list of prompts, token ids (List[int], List[List[int]], 1-D or 2-D "
+                         "tensor) or a dict with input_ids.")
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.is_floating_point():
+        raise InputError(f"token ids must be integers of shape (tokens,) or (batch, tokens), got "
+                         f"{ids.dtype} of shape {tuple(ids.shape)}.")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    elif not isinstance(mask, torch.Tensor):
+        mask = torch.tensor(mask)
+    mask = mask[None] if mask.dim() == 1 else mask
+    if mask.shape != ids.shape:
+        raise InputError(f"attention_mask of shape {tuple(mask.shape)} does not match input_ids of "
+                         f"shape {tuple(ids.shape)}.")
+    return ids.long(), mask.long()
+
+
+def _pad_left(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    missing = width - tensor.shape[1]
+    if missing == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (missing, 0), value=value)

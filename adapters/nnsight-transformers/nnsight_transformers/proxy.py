@@ -1,0 +1,87 @@
+"""LanguageModelProxy and TokenIndexer: index activations by an invoke's own tokens."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from nnsight_core import InterventionProxy, TokenIndexError, TraceStateError
+from nnsight_core.tracer import current_runner
+
+__all__ = ["LanguageModelProxy", "TokenIndexer"]
+
+
+class TokenIndexer:
+    """Indexes dimension 1 of a proxy by the tokens of the invoke that recorded it.
+
+    Example:
+        >>> with model.trace() as tracer:
+        ...     with tracer.invoke("Hello world"):            # 2 tokens, left-padded
+        ...         first = model.transformer.h[0].output.t[0].save()
+        ...     with tracer.invoke("A much longer prompt here"):
+        ...         last = model.lm_head.output.t[-1].save()
+
+    Invokes are left-padded to the longest one, so an invoke's tokens are the
+    last ``n`` positions of dimension 1: ``t[0]`` is its first real token
+    whatever padding the batch added, negative indices count from its end,
+    and slices stay within its tokens. For an invoke of several prompts, ``n``
+    is its longest prompt. Indices refer to the prompt's forward pass; in
+    later generation steps (one new token each) use ``t[-1]``.
+    """
+
+    def __init__(self, proxy: InterventionProxy) -> None:
+        self.proxy = proxy
+
+    def __getitem__(self, key: Union[int, slice]) -> Any:
+        return self.proxy[:, self._position(key)]
+
+    def __setitem__(self, key: Union[int, slice], value: Any) -> None:
+        self.proxy[:, self._position(key)] = value
+
+    def __call__(self, *args: Any) -> Any:
+        # `.t` names the indexer, but `proxy.t()` still means Tensor.t() (transpose).
+        return self.proxy._record("call_method", "t", (self.proxy, *args))
+
+    def _position(self, key: Union[int, slice]) -> Union[int, slice]:
+        node = self.proxy.node
+        runner = current_runner()
+        if runner is None or runner.graph is not node.graph or node.invoke is None:
+            raise TraceStateError(".t[...] / .token[...] index by an invoke's tokens: use them inside "
+                                  "the invoke that recorded the value.")
+        invoker = runner.invokers[node.invoke]
+        length = invoker.prepared["input_ids"].shape[1]
+        if isinstance(key, slice):
+            start = -length if key.start is None else self._bound(key.start, length, invoker.index, True)
+            stop = None if key.stop is None else self._bound(key.stop, length, invoker.index, False)
+            return slice(start, stop, key.step)
+        index = int(key)
+        if not -length <= index < length:
+            raise TokenIndexError(
+                f"token index {index} is outside invoke {invoker.index}, which has {length} "
+                f"token(s): use 0 to {length - 1}, or -{length} to -1 from its end."
+            )
+        return index - length if index >= 0 else index
+
+    @staticmethod
+    def _bound(bound: int, length: int, invoke: int, is_start: bool) -> Any:
+        bound = max(-length, min(length, int(bound)))
+        if bound >= 0:
+            bound -= length
+        return None if bound == 0 and not is_start else bound
+
+
+class LanguageModelProxy(InterventionProxy):
+    """The ``proxy_class`` of :class:`~nnsight_transformers.LanguageModel`: adds ``.token`` / ``.t``.
+
+    Example:
+        >>> with model.trace("The Eiffel Tower is in the city of"):
+        ...     logits = model.lm_head.output.t[-1].save()
+    """
+
+    __slots__ = ()
+
+    @property
+    def token(self) -> TokenIndexer:
+        """Index dimension 1 by this invoke's tokens (see :class:`TokenIndexer`)."""
+        return TokenIndexer(self)
+
+    t = token
