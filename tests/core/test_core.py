@@ -189,3 +189,56 @@ def test_nnsight_facade_names_the_missing_distribution(monkeypatch):
 
 def test_pluggy_is_used_for_plugins():
     assert isinstance(get_plugin_manager(), pluggy.PluginManager)
+
+
+class Doubler(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+class WithExtras(NNsight):
+    """An NNsight subclass with a module attached beside the model, as LanguageModel.generator is."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self._attach("after", Doubler())
+
+
+def test_attached_module_is_an_envoy_but_not_part_of_the_model():
+    net = make_net()
+    model = WithExtras(net)
+    assert repr(model) == repr(net) and "after" not in dict(net.named_children())
+    x = torch.rand(2, 5)
+    with model.trace(x):
+        doubled = model.after(model.output).save()
+    torch.testing.assert_close(doubled.value, net(x) * 2)
+    with pytest.raises(nnsight_core.MissedCallError, match=r"model\.after\.output .*never ran"):
+        with model.trace(x):
+            model.after.output.save()
+
+
+class TwoWays(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def twice(self, x):
+        return self.inner(self.inner(x))
+
+
+def test_a_runner_can_execute_another_method_of_the_model():
+    from nnsight_core import Runner
+
+    torch.manual_seed(0)
+    net = TwoWays()
+    model = NNsight(net)
+    x = torch.rand(2, 3)
+    with Runner(model, (x,), {}, {}, method="twice") as runner:
+        first = model.inner.output.save()
+        model.inner.next().output[:] = 0
+    assert runner.method == "twice"
+    torch.testing.assert_close(first.value, net.inner(x))
+    assert torch.equal(runner.output, torch.zeros(2, 3))
