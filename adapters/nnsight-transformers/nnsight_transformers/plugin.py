@@ -61,16 +61,20 @@ def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
     tokenizer = model.tokenizer
     if isinstance(value, str) or (isinstance(value, (list, tuple)) and value
                                   and all(isinstance(v, str) for v in value)):
-        encoded = tokenizer([value] if isinstance(value, str) else list(value), padding=True,
-                            return_tensors="pt", return_token_type_ids=False, **kwargs)
+        if kwargs.get("return_tensors", "pt") != "pt" or kwargs.get("padding_side", "left") != "left":
+            raise InputError("an invoke's tokenizer arguments cannot change return_tensors or "
+                             "padding_side: LanguageModel needs PyTorch tensors padded on the left.")
+        options = {"padding": True, "return_tensors": "pt", "return_token_type_ids": False, **kwargs}
+        encoded = tokenizer([value] if isinstance(value, str) else list(value), **options)
         ids, mask = encoded["input_ids"], encoded["attention_mask"]
     else:
         if kwargs:
             raise InputError(f"keyword arguments of an invoke ({', '.join(kwargs)}) go to the "
                              "tokenizer, so they only apply when the invoke's input is text.")
         ids, mask = _ids_and_mask(value, tokenizer.pad_token_id)
-    if ids.shape[1] == 0:
-        raise InputError(f"the invoke's input {value!r} has no tokens: give at least one token.")
+    if ids.shape[1] == 0 or not bool(mask.sum(-1).all()):
+        raise InputError(f"the invoke's input {value!r} has a prompt with no tokens: give every "
+                         "prompt at least one token.")
     return {"input_ids": ids, "attention_mask": mask}, ids.shape[0]
 
 
@@ -127,10 +131,11 @@ def _ids_and_mask(value: Any, pad_id: Optional[int]) -> Tuple[torch.Tensor, torc
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
         ids = torch.tensor([list(value)])
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
-        rows = [torch.tensor(list(row), dtype=torch.long) for row in value]
-        width = max(len(row) for row in rows)
-        ids = torch.cat([_pad_left(r[None], width, pad_id or 0) for r in rows])
-        mask = torch.cat([_pad_left(torch.ones(1, len(r), dtype=torch.long), width, 0) for r in rows])
+        ids = _rows(value, pad_id or 0)
+        if mask is None:
+            mask = _rows([[1] * len(row) for row in value], 0)
+        elif not isinstance(mask, torch.Tensor):
+            mask = _rows(mask, 0)
     else:
         raise InputError(f"LanguageModel cannot use a {type(value).__name__} as input: give a prompt "
                          "str, a list of prompts, token ids (List[int], List[List[int]], 1-D or 2-D "
@@ -149,6 +154,12 @@ def _ids_and_mask(value: Any, pad_id: Optional[int]) -> Tuple[torch.Tensor, torc
         raise InputError(f"attention_mask of shape {tuple(mask.shape)} does not match input_ids of "
                          f"shape {tuple(ids.shape)}.")
     return ids.long(), mask.long()
+
+
+def _rows(rows: Any, pad: int) -> torch.Tensor:
+    """Ragged rows of ints as one left-padded 2-D tensor."""
+    width = max(len(row) for row in rows)
+    return torch.cat([_pad_left(torch.tensor([list(row)], dtype=torch.long), width, pad) for row in rows])
 
 
 def _pad_left(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:

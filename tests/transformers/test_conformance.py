@@ -1,0 +1,47 @@
+"""The adapter passes the core's conformance suite (nnsight_core.testing.AdapterConformance)."""
+
+import pytest
+from nnsight_transformers import LanguageModel
+from transformers import AutoTokenizer
+
+from nnsight_core.testing import AdapterConformance
+
+from .conftest import LONG, MID, SHORT
+
+class _LanguageModelConformance(AdapterConformance):
+    arch = ""
+    # Batched and solo runs differ by float noise only.
+    atol = 1e-4
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, checkpoints):
+        self.folder = checkpoints[self.arch]
+
+    def make_model(self):
+        return LanguageModel(self.folder)          # lazy: the default way to load
+
+    def make_inputs(self):
+        # Prompts of different lengths (left-padded in the batch), two prompts in one invoke, ids.
+        tok = AutoTokenizer.from_pretrained(self.folder)
+        return [(SHORT,), (LONG,), ([MID, SHORT],), (tok(MID)["input_ids"],)]
+
+    def align(self, batched, solo):
+        # Left padding: an invoke's own tokens are the last ones of the batch.
+        return batched[:, -solo.shape[1]:]
+
+
+class TestGPT2Conformance(_LanguageModelConformance):
+    arch = "gpt2"
+    module_path = "transformer.h.0"
+
+
+class TestLlamaConformance(_LanguageModelConformance):
+    arch = "llama"
+    module_path = "model.layers.0"
+
+
+class TestGPT2LogitsConformance(_LanguageModelConformance):
+    """The same suite on the last module (edits there change the final tensor directly)."""
+
+    arch = "gpt2"
+    module_path = "lm_head"
