@@ -1,4 +1,4 @@
-"""The main example (`make demo`): read, edit and patch activations of a small network.
+"""The NNsight example on a tiny MLP (`python examples/torch_demo.py`): read, edit and patch activations.
 
 Every number printed next to "plain PyTorch" is computed without nnsight, with
 forward hooks, so you can see the two agree.

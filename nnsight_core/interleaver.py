@@ -175,10 +175,18 @@ class Interleaver:
 
     def module(self, path: str) -> torch.nn.Module:
         """The module at ``path``: in the wrapped model, or one attached beside it."""
-        head, _, rest = path.partition(".")
-        if head in self.attached and head not in self.root._modules:
-            return self.attached[head].get_submodule(rest)
-        return self.root.get_submodule(path)
+        module = self.root
+        if not path:
+            return module
+        parts = path.split(".")
+        if parts[0] in self.attached and parts[0] not in module._modules:
+            module = self.attached[parts.pop(0)]
+        try:
+            for part in parts:  # what get_submodule does, without its per-step checks
+                module = module._modules[part]
+        except KeyError:
+            return self.root.get_submodule(path)  # raises its own, precise error
+        return module
 
     def _feed(self, node: Node, value: Any) -> None:
         node.value = value
