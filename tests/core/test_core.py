@@ -242,3 +242,16 @@ def test_a_runner_can_execute_another_method_of_the_model():
     assert runner.method == "twice"
     torch.testing.assert_close(first.value, net.inner(x))
     assert torch.equal(runner.output, torch.zeros(2, 3))
+
+
+def test_tracing_a_plain_module_imports_no_other_framework():
+    code = textwrap.dedent("""
+        import sys, torch
+        from nnsight import NNsight
+        model = NNsight(torch.nn.Linear(2, 2))
+        with model.trace(torch.rand(1, 2)):
+            model.output.save()
+        print(",".join(m for m in ("transformers", "diffusers", "accelerate") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

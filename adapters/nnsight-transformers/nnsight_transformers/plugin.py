@@ -4,6 +4,10 @@ Loading builds the model on the meta device from its config (no weight file
 read) until dispatch; inputs are tokenized per invoke and left-padded to one
 batch; execution runs the forward pass (with position ids computed from the
 attention mask) or ``generate``.
+
+The plugin manager imports this module for every trace of every model, so it
+imports nothing heavy: ``transformers`` is imported only where a
+``LanguageModel`` (whose module already imported it) is being handled.
 """
 
 from __future__ import annotations
@@ -11,27 +15,33 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from accelerate import init_empty_weights
-from transformers import AutoConfig, AutoTokenizer
 
 from nnsight_core import InputError, ModelKeyError, hookimpl
-
-from .model import LanguageModel
 
 # from_pretrained arguments that name the checkpoint, so config and tokenizer need them too.
 _CHECKPOINT_KWARGS = ("revision", "gguf_file", "subfolder", "trust_remote_code", "cache_dir", "token",
                       "local_files_only", "force_download")
 
 
+def _owns(model: Any) -> bool:
+    # A LanguageModel can only exist once its module was imported; no need to import it here.
+    module = sys.modules.get("nnsight_transformers.model")
+    return module is not None and isinstance(model, module.LanguageModel)
+
+
 @hookimpl
 def nnsight_load(model: Any, model_key: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any],
                  meta: bool) -> Optional[torch.nn.Module]:
-    if not isinstance(model, LanguageModel):
+    if not _owns(model):
         return None
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoTokenizer
+
     if isinstance(model_key, torch.nn.Module):
         return model_key
     if not isinstance(model_key, (str, os.PathLike)):
@@ -52,7 +62,7 @@ def nnsight_load(model: Any, model_key: Any, args: Tuple[Any, ...], kwargs: Dict
 @hookimpl
 def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
                            kwargs: Dict[str, Any]) -> Optional[Tuple[Dict[str, torch.Tensor], int]]:
-    if not isinstance(model, LanguageModel):
+    if not _owns(model):
         return None
     if len(inputs) != 1:
         raise InputError(f"a LanguageModel invoke takes one input (a prompt, prompts, token ids or a "
@@ -81,7 +91,7 @@ def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
 @hookimpl
 def nnsight_batch_inputs(model: Any, prepared: List[Dict[str, torch.Tensor]],
                          batch_sizes: List[int]) -> Optional[Dict[str, torch.Tensor]]:
-    if not isinstance(model, LanguageModel):
+    if not _owns(model):
         return None
     if len(prepared) == 1:
         return prepared[0]
@@ -95,7 +105,7 @@ def nnsight_batch_inputs(model: Any, prepared: List[Dict[str, torch.Tensor]],
 @hookimpl
 def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[str, Any],
                     method: Optional[str]) -> Any:
-    if not isinstance(model, LanguageModel):
+    if not _owns(model):
         return None
     module = model._model
     device = module.device
