@@ -65,12 +65,13 @@ def nnsight_prepare_inputs(model: NNsightModel, inputs: Tuple[Any, ...],
 @hookspec(firstresult=True)
 def nnsight_batch_inputs(model: NNsightModel, prepared: List[Any],
                          batch_sizes: List[int]) -> Optional[Any]:
-    """Combine every invoke's prepared inputs into the inputs of one forward pass.
+    """Combine several invokes' prepared inputs into the inputs of one forward pass.
 
-    Called once when the trace's block exits, with the invokes' ``prepared``
-    values in order and their ``batch_sizes``; invoke ``i`` must own rows
-    ``sum(batch_sizes[:i])`` to ``sum(batch_sizes[:i+1])`` of the result. First
-    result wins; return ``None`` for wrappers that are not yours.
+    Called once when the trace's block exits, if it has two or more invokes
+    (one invoke's prepared inputs are executed as they are), with the invokes'
+    ``prepared`` values in order and their ``batch_sizes``; invoke ``i`` must
+    own rows ``sum(batch_sizes[:i])`` to ``sum(batch_sizes[:i+1])`` of the
+    result. First result wins; return ``None`` for wrappers that are not yours.
     """
 
 

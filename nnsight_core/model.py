@@ -160,6 +160,8 @@ class NNsightModel:
         return call_hook("nnsight_prepare_inputs", model=self, inputs=inputs, kwargs=kwargs)
 
     def _batch_inputs(self, prepared: List[Any], batch_sizes: List[int]) -> Any:
+        if len(prepared) == 1:
+            return prepared[0]  # nothing to combine (see the hookspec)
         return call_hook("nnsight_batch_inputs", model=self, prepared=prepared, batch_sizes=batch_sizes)
 
     def _execute(self, batched: Any, method: Optional[str] = None, **kwargs: Any) -> Any:

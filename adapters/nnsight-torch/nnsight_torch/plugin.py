@@ -46,8 +46,6 @@ def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
 def nnsight_batch_inputs(model: Any, prepared: List[Any], batch_sizes: List[int]) -> Optional[Any]:
     if not isinstance(model, NNsight):
         return None
-    if len(prepared) == 1:
-        return prepared[0]
     flat = [pytree.tree_flatten(p) for p in prepared]
     spec = flat[0][1]
     for i, (_, other) in enumerate(flat[1:], 1):

@@ -93,8 +93,6 @@ def nnsight_batch_inputs(model: Any, prepared: List[Dict[str, torch.Tensor]],
                          batch_sizes: List[int]) -> Optional[Dict[str, torch.Tensor]]:
     if not _owns(model):
         return None
-    if len(prepared) == 1:
-        return prepared[0]
     width = max(p["input_ids"].shape[1] for p in prepared)
     pad = model.tokenizer.pad_token_id
     ids = [_pad_left(p["input_ids"], width, pad) for p in prepared]
