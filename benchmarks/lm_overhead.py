@@ -85,6 +85,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 import nnsight_core
+from _timing import measure, quartiles  # benchmarks/ is on sys.path when run as a script
 from nnsight_transformers import LanguageModel, smollm2_checkpoint
 
 PROMPT = "The Eiffel Tower is in the city of"
@@ -240,32 +241,6 @@ def check(model: LanguageModel, hf: torch.nn.Module, tok) -> None:
 
 
 # -- timing ------------------------------------------------------------------------------
-
-def measure(cases: Dict[str, Callable[[int], None]], rounds: int, calls: int,
-            warmup: int, clock: Callable[[], int] = time.perf_counter_ns) -> Dict[str, List[float]]:
-    """Per-round mean milliseconds per call of each case, interleaved in rotating order."""
-    names = list(cases)
-    per_round: Dict[str, List[float]] = {name: [] for name in names}
-    for r in range(warmup + rounds):
-        shift = r % len(names)
-        order = names[shift:] + names[:shift]
-        gc.collect()
-        for name in order:
-            fn = cases[name]
-            start = clock()
-            fn(calls)
-            elapsed = clock() - start
-            if r >= warmup:
-                per_round[name].append(elapsed / calls / 1e6)
-    return per_round
-
-
-def quartiles(values: List[float]) -> Tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
-
 
 def verdict(value: float, target: Optional[float]) -> str:
     if target is None:
@@ -477,7 +452,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"timing {TITLES[section]}: {rounds} rounds x {calls} call(s) per case, "
                   f"{warmup} warm-up round(s) ...", flush=True)
             clock = time.perf_counter_ns if args.clock == "wall" else time.process_time_ns
-            timings[section] = measure(cases[section], rounds, calls, warmup, clock)
+            timings[section] = measure(cases[section], rounds, calls, warmup, clock, unit_ns=1e6)
     memory = None
     if "c" in args.sections and args.mem_repeats > 0:
         print(f"measuring peak memory of (c) in {2 * args.mem_repeats} fresh processes ...", flush=True)

@@ -35,14 +35,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import gc
 import io
 import os
 import platform
 import pstats
 import statistics
 import sys
-import time
 from collections import OrderedDict
 from typing import Callable, Dict, List, Tuple
 
@@ -50,6 +48,7 @@ import torch
 from torch import nn
 
 import nnsight_core
+from _timing import measure, quartiles  # benchmarks/ is on sys.path when run as a script
 from nnsight_torch import NNsight
 
 #: Targets, in microseconds per call.
@@ -119,33 +118,6 @@ def check(net: nn.Module, model: NNsight, x: torch.Tensor) -> None:
     edited = expected.clone()
     edited[:, 0] = 0
     torch.testing.assert_close(tracer.output, net[1:](edited))
-
-
-def measure(cases: Dict[str, Callable[[int], None]], rounds: int, calls: int,
-            warmup: int) -> Dict[str, List[float]]:
-    """Per-round mean microseconds per call of each case, interleaved in rotating order."""
-    names = list(cases)
-    per_round: Dict[str, List[float]] = {name: [] for name in names}
-    clock = time.perf_counter_ns
-    for r in range(warmup + rounds):
-        shift = r % len(names)
-        order = names[shift:] + names[:shift]
-        gc.collect()
-        for name in order:
-            fn = cases[name]
-            start = clock()
-            fn(calls)
-            elapsed = clock() - start
-            if r >= warmup:
-                per_round[name].append(elapsed / calls / 1e3)
-    return per_round
-
-
-def quartiles(values: List[float]) -> Tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
 
 
 def verdict(value: float, target: float) -> str:
