@@ -189,26 +189,26 @@ class Graph:
         deps: Dict[int, Node] = {}
         flat = True
         for a in args:
-            if type(a) is Node:
+            kind = type(a)
+            if kind is Node:
                 deps[a.index] = a
-            elif type(a) in (tuple, list, dict, slice):
-                if _collect(a, deps):
-                    flat = False
+            elif kind in _CONTAINERS and _collect(a, deps):
+                flat = False
         if kwargs and _collect(kwargs, deps):
             flat = False
-        node = Node(self, len(self.nodes), op, target, tuple(args), kwargs,
-                    tuple(deps.values()), invoke, where, flat)
+        node = Node(self, len(self.nodes), op, target, args if type(args) is tuple else tuple(args),
+                    kwargs, tuple(deps.values()), invoke, where, flat)
         for dep in node.deps:
             dep.users.append(node)
         self.nodes.append(node)
-        if op in _FED_OPS:
-            self.fed.setdefault((_event_kind(op),) + tuple(target), []).append(node)
-        elif op in MODULE_VALUE_OPS:
-            self.edits.setdefault((_event_kind(op),) + tuple(target), []).append(node)
+        if op in MODULE_VALUE_OPS:
+            key = (_EVENT_KIND[op], target[0], target[1])
+            (self.fed if op in _FED_OPS else self.edits).setdefault(key, []).append(node)
         elif op == "setitem" or (op == "call_method" and _is_inplace(target)):
             root = _mutation_root(args[0] if args else None)
             if root is not None:
-                self.edits.setdefault((_event_kind(root.op),) + tuple(root.target), []).append(node)
+                key = (_EVENT_KIND[root.op], root.target[0], root.target[1])
+                self.edits.setdefault(key, []).append(node)
                 if root.op in _FED_OPS:
                     root.mutated = True
         return node
@@ -223,13 +223,22 @@ class Graph:
         return self.create_node("call_method", node.target, (obj,) + tuple(args), kwargs,
                                 invoke=node.invoke, where=node.where)
 
-    def reset(self) -> None:
-        """Prepare every node for a (new) execution."""
+    def reset(self) -> List[int]:
+        """Prepare every node for a (new) execution; return the indices of those ready at once.
+
+        Ready at once are nodes with no node arguments, except ``output``/``inputs``
+        nodes, whose values only a module's hook can supply. The list is sorted,
+        hence a valid heap.
+        """
+        ready = []
         for node in self.nodes:
             node.value = EMPTY
             node.done = False
-            node._pending = len(node.deps)
+            node._pending = pending = len(node.deps)
             node._uses_left = len(node.users)
+            if not pending and node.op not in _FED_OPS:
+                ready.append(node.index)
+        return ready
 
     def release(self) -> None:
         """Drop every value but saved ones after execution; the structure stays printable."""
@@ -265,8 +274,10 @@ class Graph:
         return "\n".join(lines) if lines else "<empty graph>"
 
 
-def _event_kind(op: str) -> str:
-    return "inputs" if op in ("inputs", "set_inputs", "set_input") else "output"
+# Which hook event (a module's inputs or its output) each module-value op belongs to.
+_EVENT_KIND = {"output": "output", "set_output": "output",
+               "inputs": "inputs", "set_inputs": "inputs", "set_input": "inputs"}
+_CONTAINERS = frozenset({tuple, list, dict, slice})
 
 
 def _collect(value: Any, deps: Dict[int, Node]) -> bool:

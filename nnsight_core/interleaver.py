@@ -79,16 +79,13 @@ class Interleaver:
 
     def __enter__(self) -> Interleaver:
         graph = self.graph
-        graph.reset()
+        self._ready = graph.reset()
         try:
             kinds: Dict[str, set] = {}
             for kind, path in graph.modules():
                 kinds.setdefault(path, set()).add(kind)
             for path, wanted in kinds.items():
                 self._hook(path, "inputs" in wanted, "output" in wanted)
-            for node in graph.nodes:
-                if node._pending == 0 and node.op not in ("output", "inputs"):
-                    heappush(self._ready, node.index)
             self._drain()
         except BaseException:
             self.remove_hooks()
