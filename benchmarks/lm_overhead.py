@@ -70,11 +70,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import io
 import json
 import os
 import platform
-import pstats
 import resource
 import statistics
 import subprocess
@@ -85,7 +83,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 import nnsight_core
-from _timing import measure, quartiles  # benchmarks/ is on sys.path when run as a script
+from _timing import measure, profile_report, quartiles  # benchmarks/ is on sys.path when run as a script
 from nnsight_transformers import LanguageModel, smollm2_checkpoint
 
 PROMPT = "The Eiffel Tower is in the city of"
@@ -366,36 +364,14 @@ def profile(cases: Dict[str, Callable[[int], None]], name: str, calls: int, top:
     wall = time.perf_counter() - start
     profiler.disable()
 
-    stream = io.StringIO()
-    stats = pstats.Stats(profiler, stream=stream)
-    total = stats.total_tt
-    print(f"\ncProfile of {name!r}, {calls} call(s): {wall / calls * 1e3:.1f} ms per call under "
-          "the profiler (it inflates Python-heavy code; compare shares, not absolute times).")
-    groups: Dict[str, float] = {}
-    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-        group = _group(filename)
-        groups[group] = groups.get(group, 0.0) + tottime
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    print(stream.getvalue().rstrip())
-    print("\nself time by package:")
-    for group, tt in sorted(groups.items(), key=lambda kv: -kv[1]):
-        print(f"  {group:<26} {tt / total * 100:5.1f}%   {tt / calls * 1e3:8.2f} ms per call")
-
-
-def _group(filename: str) -> str:
-    path = filename.replace(os.sep, "/")
-    for key, label in (("/nnsight_core/", "nnsight_core"), ("/nnsight_torch/", "nnsight_torch"),
-                       ("/nnsight_transformers/", "nnsight_transformers"), ("/pluggy/", "pluggy"),
-                       ("/transformers/tokenization", "transformers tokenizer"),
-                       ("/tokenizers/", "tokenizers"), ("/transformers/", "transformers (other)"),
-                       ("/torch/", "torch (Python)")):
-        if key in path:
-            return label
-    if filename == "~":
-        return "builtins / C (torch ops...)"
-    if path.endswith("lm_overhead.py"):
-        return "benchmark loop"
-    return "other (stdlib, ...)"
+    profile_report(profiler, calls, f"cProfile of {name!r}, {calls} call(s): "
+                   f"{wall / calls * 1e3:.1f} ms per call under the profiler", top,
+                   [("/nnsight_core/", "nnsight_core"), ("/nnsight_torch/", "nnsight_torch"),
+                    ("/nnsight_transformers/", "nnsight_transformers"), ("/pluggy/", "pluggy"),
+                    ("/transformers/tokenization", "transformers tokenizer"),
+                    ("/tokenizers/", "tokenizers"), ("/transformers/", "transformers (other)"),
+                    ("/torch/", "torch (Python)")],
+                   "lm_overhead.py", ("ms", 1e3))
 
 
 # -- main ------------------------------------------------------------------------------------------

@@ -35,10 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import io
-import os
 import platform
-import pstats
 import statistics
 import sys
 from collections import OrderedDict
@@ -48,7 +45,7 @@ import torch
 from torch import nn
 
 import nnsight_core
-from _timing import measure, quartiles  # benchmarks/ is on sys.path when run as a script
+from _timing import measure, profile_report, quartiles  # benchmarks/ is on sys.path when run as a script
 from nnsight_torch import NNsight
 
 #: Targets, in microseconds per call.
@@ -159,36 +156,11 @@ def profile(cases: Dict[str, Callable[[int], None]], calls: int, top: int) -> No
     fn(calls)
     profiler.disable()
 
-    stream = io.StringIO()
-    stats = pstats.Stats(profiler, stream=stream)
-    total = stats.total_tt
-    print(f"\ncProfile of the '1 save' case, {calls} traces "
-          f"({total / calls * 1e6:.1f} us per trace under the profiler; the profiler inflates "
-          "Python-heavy code, so compare shares, not absolute times).")
-    # Where the self time goes, by package (before strip_dirs drops the paths).
-    groups: Dict[str, float] = {}
-    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-        group = _group(filename)
-        groups[group] = groups.get(group, 0.0) + tottime
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    print(stream.getvalue().rstrip())
-    print("\nself time by package:")
-    for name, tt in sorted(groups.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<22} {tt / total * 100:5.1f}%   {tt / calls * 1e6:7.2f} us per trace")
-
-
-def _group(filename: str) -> str:
-    path = filename.replace(os.sep, "/")
-    for key, label in (("/nnsight_core/", "nnsight_core"), ("/nnsight_torch/", "nnsight_torch"),
-                       ("/pluggy/", "pluggy"), ("/torch/utils/_pytree", "torch pytree"),
-                       ("/torch/", "torch (Python)")):
-        if key in path:
-            return label
-    if filename == "~":
-        return "builtins / C"
-    if path.endswith("overhead.py"):
-        return "benchmark loop"
-    return "other (stdlib, ...)"
+    profile_report(profiler, calls, f"cProfile of the '1 save' case, {calls} traces", top,
+                   [("/nnsight_core/", "nnsight_core"), ("/nnsight_torch/", "nnsight_torch"),
+                    ("/pluggy/", "pluggy"), ("/torch/utils/_pytree", "torch pytree"),
+                    ("/torch/", "torch (Python)")],
+                   "overhead.py", ("us", 1e6))
 
 
 def main(argv: List[str] | None = None) -> int:
