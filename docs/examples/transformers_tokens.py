@@ -1,30 +1,14 @@
 """`.t[i]` / `.token[i]`: index dimension 1 by the invoke's own tokens, whatever the padding."""
 
-import tempfile
-
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 from nnsight_core import TokenIndexError
 from nnsight_transformers import LanguageModel
+from nnsight_transformers.testing import tiny_llama_checkpoint
 
-# The tiny Llama of transformers_loading.py.
-folder = tempfile.mkdtemp()
-bpe = Tokenizer(models.BPE())
-bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-bpe.decoder = decoders.ByteLevel()
-bpe.train_from_iterator(
-    ["The Eiffel Tower is in the city of Paris.", "The Colosseum is in the city of Rome.",
-     "Big Ben is in the city of London."],
-    trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], show_progress=False,
-                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>").save_pretrained(folder)
-torch.manual_seed(0)
-config = LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                     max_position_embeddings=64, eos_token_id=0, bos_token_id=0, pad_token_id=0)
-LlamaForCausalLM(config).save_pretrained(folder)
+# The tiny Llama that transformers_loading.py builds by hand.
+folder = tiny_llama_checkpoint()
 
 model = LanguageModel(folder)
 hf = AutoModelForCausalLM.from_pretrained(folder)
