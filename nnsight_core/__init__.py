@@ -8,11 +8,12 @@ and register under the ``nnsight_core`` entry-point group.
 from __future__ import annotations
 
 from .envoy import Envoy
-from .errors import (AdapterNotFoundError, BatchError, EnvoyAttributeError, InputError,
-                     InterventionError, InvokeError, MissedCallError, ModelKeyError,
-                     ModuleIndexError, NNsightError, OutOfOrderEditError, ProxyCallError,
-                     ProxyControlFlowError, ProxyScopeError, TokenIndexError, TraceStateError,
-                     ValueNotSetError)
+from .errors import (AdapterNotFoundError, AssignmentError, BatchError, EnvoyAttributeError, GraphFormatError,
+                     GraphvizNotFoundError,
+                     ImageFormatError, InputError, InterventionError, InvokeError, MissedCallError,
+                     ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError,
+                     PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, TokenIndexError,
+                     TraceStateError, ValueNotSetError)
 from .graph import OPS, Graph, Node
 from .hookspecs import hookimpl, hookspec
 from .interleaver import Interleaver
@@ -25,10 +26,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterNotFoundError",
+    "AssignmentError",
     "BatchError",
     "Envoy",
     "EnvoyAttributeError",
     "Graph",
+    "GraphFormatError",
+    "GraphvizNotFoundError",
+    "ImageFormatError",
     "InputError",
     "Interleaver",
     "InterventionError",
@@ -43,6 +48,7 @@ __all__ = [
     "Node",
     "OPS",
     "OutOfOrderEditError",
+    "PluginLoadError",
     "Proxy",
     "ProxyCallError",
     "ProxyControlFlowError",

@@ -10,7 +10,9 @@ registers its ``ModelOutput`` classes with.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple
+import copy
+from collections.abc import MutableMapping
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -18,37 +20,90 @@ from torch.utils import _pytree as pytree
 from .errors import BatchError
 
 Rows = Tuple[int, int]
+#: Dimension-0 size -> for each invoke, the ``(start, stop)`` row ranges it owns in a tensor of that size.
+RowTable = Dict[int, List[List[Rows]]]
+
+
+def tree_map(fn: Callable[[Any], Any], value: Any) -> Any:
+    """``pytree.tree_map``, also for mappings whose registered unflatten cannot rebuild them.
+
+    diffusers registers its output classes with a flatten that drops ``None``
+    fields and an unflatten that then misses them; such a mapping is copied
+    and its values mapped one by one instead.
+    """
+    try:
+        return pytree.tree_map(fn, value)
+    except TypeError:
+        if not isinstance(value, MutableMapping):
+            raise
+        result = copy.copy(value)
+        for key, item in value.items():
+            result[key] = tree_map(fn, item)
+        return result
 
 
 def is_batch_first(value: Any, batch_size: int) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch_size
 
 
-def narrow(value: Any, rows: Rows, batch_size: int) -> Any:
-    """Return ``value`` with every batch-first tensor sliced to ``rows`` (views, no copy)."""
-    start, stop = rows
+def row_table(rows: Sequence[Rows], batch_size: int, layouts: Dict[int, Tuple[int, int]]) -> RowTable:
+    """Which rows each invoke owns, for every dimension-0 size that holds the batch.
+
+    A tensor of ``batch_size`` rows holds the invokes' rows in order. ``layouts``
+    adds other sizes an execution produces: ``size -> (blocks, repeats)`` means
+    the tensor holds ``blocks`` consecutive copies of the batch, each batch row
+    repeated ``repeats`` times in a row (classifier-free guidance doubles the
+    batch as two blocks; ``num_images_per_prompt=n`` repeats each row ``n`` times).
+    """
+    table: RowTable = {batch_size: [[r] for r in rows]}
+    for size, (blocks, repeats) in layouts.items():
+        if size != blocks * batch_size * repeats or blocks < 1 or repeats < 1:
+            raise BatchError(f"batch layout {size}: ({blocks}, {repeats}) is inconsistent with a batch "
+                             f"of {batch_size} rows: a layout's size must be blocks * {batch_size} * repeats.")
+        span = batch_size * repeats
+        table[size] = [[(b * span + start * repeats, b * span + stop * repeats) for b in range(blocks)]
+                       for start, stop in rows]
+    return table
+
+
+def owned(ranges: List[Rows]) -> int:
+    """How many rows the ranges cover."""
+    return sum(stop - start for start, stop in ranges)
+
+
+def _narrow_leaf(leaf: Any, table: RowTable, invoke: int) -> Any:
+    if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0:
+        return leaf
+    ranges = table.get(leaf.shape[0])
+    if ranges is None:
+        return leaf
+    mine = ranges[invoke]
+    if len(mine) == 1:
+        start, stop = mine[0]
+        return leaf[start:stop]
+    return torch.cat([leaf[start:stop] for start, stop in mine])
+
+
+def narrow(value: Any, table: RowTable, invoke: int) -> Any:
+    """Return ``value`` with every batch tensor cut to ``invoke``'s rows.
+
+    One contiguous range gives a view; rows spread over several blocks
+    (classifier-free guidance) are concatenated in block order into a new tensor.
+    """
     if isinstance(value, torch.Tensor):
-        return value[start:stop] if is_batch_first(value, batch_size) else value
-    return pytree.tree_map(
-        lambda leaf: leaf[start:stop] if is_batch_first(leaf, batch_size) else leaf, value
-    )
+        return _narrow_leaf(value, table, invoke)
+    return tree_map(lambda leaf: _narrow_leaf(leaf, table, invoke), value)
 
 
 def clone(value: Any) -> Any:
     """Copy every tensor in ``value`` so in-place edits cannot reach parameters or autograd's saved tensors."""
     if isinstance(value, torch.Tensor):
         return value.clone()
-    return pytree.tree_map(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, value)
+    return tree_map(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, value)
 
 
-def write_back(
-    full: Any,
-    replaced: Dict[int, Any],
-    narrowed: Dict[int, Any],
-    rows: Sequence[Rows],
-    batch_size: int,
-    where: str,
-) -> Any:
+def write_back(full: Any, replaced: Dict[int, Any], narrowed: Dict[int, Any], table: RowTable,
+               where: str) -> Any:
     """Write each invoke's replacement into its own rows of ``full`` and return the new value.
 
     Args:
@@ -56,8 +111,7 @@ def write_back(
         replaced: Invoke index to that invoke's new value (same structure as its rows).
         narrowed: Invoke index to the rows originally handed to that invoke; leaves
             that are still these very objects are left as they are.
-        rows: Invoke index to its ``(start, stop)`` rows.
-        batch_size: Rows in the whole batch.
+        table: The rows each invoke owns, per dimension-0 size (:func:`row_table`).
         where: Human-readable name of the module value, for error messages.
     """
     full_leaves, spec = pytree.tree_flatten(full)
@@ -71,30 +125,34 @@ def write_back(
                 "value of the same structure (edit one element, e.g. `.output[0][:] = ...`)."
             )
         old_rows = pytree.tree_leaves(narrowed[invoke])
-        start, stop = rows[invoke]
         for k, (old, new_leaf) in enumerate(zip(full_leaves, new_leaves)):
             if new_leaf is old_rows[k]:
                 continue
-            if is_batch_first(old, batch_size):
-                if not isinstance(new_leaf, torch.Tensor) or new_leaf.dim() == 0 or new_leaf.shape[0] != stop - start:
-                    got = tuple(new_leaf.shape) if isinstance(new_leaf, torch.Tensor) else type(new_leaf).__name__
-                    raise BatchError(
-                        f"{where}: invoke {invoke} owns {stop - start} row(s) of the batch but "
-                        f"assigned a value of shape {got}; give it shape "
-                        f"({stop - start}, {', '.join(str(s) for s in old.shape[1:])})."
-                    )
-                segments.setdefault(k, []).append((start, stop, new_leaf))
-            else:
+            ranges = table.get(old.shape[0]) if isinstance(old, torch.Tensor) and old.dim() > 0 else None
+            if ranges is None:
                 full_leaves[k] = new_leaf
+                continue
+            mine = ranges[invoke]
+            count = owned(mine)
+            if not isinstance(new_leaf, torch.Tensor) or new_leaf.dim() == 0 or new_leaf.shape[0] != count:
+                got = tuple(new_leaf.shape) if isinstance(new_leaf, torch.Tensor) else type(new_leaf).__name__
+                raise BatchError(
+                    f"{where}: invoke {invoke} owns {count} row(s) of the batch but assigned a value "
+                    f"of shape {got}; give it shape ({count}, {', '.join(str(s) for s in old.shape[1:])})."
+                )
+            offset = 0
+            for start, stop in mine:
+                segments.setdefault(k, []).append((start, stop, new_leaf[offset:offset + stop - start]))
+                offset += stop - start
     for k, parts in segments.items():
         old = full_leaves[k]
         pieces, cursor = [], 0
-        for start, stop, new_leaf in sorted(parts, key=lambda p: p[0]):
+        for start, stop, piece in sorted(parts, key=lambda p: p[0]):
             if cursor < start:
                 pieces.append(old[cursor:start])
-            pieces.append(new_leaf.to(device=old.device, dtype=old.dtype))
+            pieces.append(piece.to(device=old.device, dtype=old.dtype))
             cursor = stop
-        if cursor < batch_size:
+        if cursor < old.shape[0]:
             pieces.append(old[cursor:])
         full_leaves[k] = torch.cat(pieces)
     return pytree.tree_unflatten(full_leaves, spec)

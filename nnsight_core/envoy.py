@@ -8,7 +8,7 @@ assigning them records an edit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -34,7 +34,7 @@ class Envoy:
         >>> out.value   # doctest: +SKIP
 
     A child whose name collides with an envoy attribute (``output``, ``input``,
-    ``inputs``, ``next``) is reached with ``envoy["output"]``.
+    ``inputs``, ``next``, ``all``, ``iter``) is reached with ``envoy["output"]``.
     """
 
     def __init__(self, module: torch.nn.Module, path: str, model: NNsightModel) -> None:
@@ -90,6 +90,7 @@ class Envoy:
         if isinstance(getattr(type(self), name, None), property):
             object.__setattr__(self, name, value)
         else:
+            self._refuse_new_attribute_in_trace(name)
             setattr(self._module, name, value)
             self._children.pop(name, None)
             self.__dict__.pop(name, None)
@@ -169,8 +170,33 @@ class Envoy:
             ...     second = model.shared.next().output.save()
         """
         invoker = self._invoker("next()")
+        if invoker._block is not None:
+            raise InvokeError(f"{display_path(self._path)}.next() inside an iteration block: every "
+                              f"module there is at the block's calls ({invoker._block}); move .next() "
+                              "before or after the block.")
         invoker._cursors[self._path] = invoker._cursors.get(self._path, 0) + steps
         return self
+
+    def all(self) -> Envoy:
+        """This module at every call: what you do with its values applies to each call.
+
+        Generation and denoising steps are calls, so this targets every step.
+        A saved value becomes a list with one entry per call.
+
+        Example:
+            >>> with model.generate(prompt, max_new_tokens=3):
+            ...     model.lm_head.all().output[:, -1, 7] = 1e4      # force token 7 at every step
+            ...     logits = model.lm_head.all().output.save()       # a list of 3 tensors
+        """
+        return self.iter[:]
+
+    @property
+    def iter(self) -> _CallIndexer:
+        """``envoy.iter[1:3]``: this module at calls 1 and 2 (any ``int`` or ``slice`` of calls).
+
+        Like :meth:`all`, for a range of calls; ``envoy.iter[2]`` is call 2 only.
+        """
+        return _CallIndexer(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         runner = _state.current_runner()
@@ -180,6 +206,23 @@ class Envoy:
         return _record(self._wrapper.proxy_class, "call_module", self._path, args, kwargs)
 
     # -- helpers ---------------------------------------------------------------
+
+    def _refuse_new_attribute_in_trace(self, name: str) -> None:
+        """Inside a trace of the model, ``envoy.name = value`` for a name the module does not
+        have is a misspelt module value (``.outptu``): it would change the module and drop the edit.
+
+        Raises:
+            EnvoyAttributeError: Naming the module, the attribute and what to assign instead.
+        """
+        runner = _state.current_runner()
+        if runner is None or runner._model is not self._wrapper or hasattr(self._module, name):
+            return
+        path = display_path(self._path)
+        raise EnvoyAttributeError(
+            f"{path}.{name} = ... inside a trace would give the {type(self._module).__name__} module "
+            f"a new attribute {name!r} instead of recording an edit: assign {path}.output, "
+            f"{path}.input or {path}.inputs, or set new module attributes outside the trace."
+        )
 
     def _invoker(self, what: str) -> Invoker:
         runner = _state.current_runner()
@@ -197,10 +240,15 @@ class Envoy:
             )
         return invoker
 
+    def _call(self, invoker: Invoker) -> Any:
+        """The call this envoy's values belong to: its cursor, or the open iteration block."""
+        block = invoker._block
+        return invoker._cursors.get(self._path, 0) if block is None else block
+
     def _value(self, kind: str, invoker: Optional[Invoker] = None) -> Proxy:
         invoker = invoker or self._invoker(kind)
         path = self._path
-        key = (kind, path, invoker._cursors.get(path, 0))
+        key = (kind, path, self._call(invoker))
         proxy = invoker._current.get(key)
         if proxy is None:
             proxy = invoker._current[key] = invoker._module_node(kind, path, key[2])
@@ -209,6 +257,52 @@ class Envoy:
     def _assign(self, kind: str, op: str, value: Any) -> None:
         invoker = self._invoker(kind)
         current = self._value(kind, invoker)
-        key = (kind, self._path, invoker._cursors.get(self._path, 0))
+        key = (kind, self._path, self._call(invoker))
         invoker._current[key] = invoker._set_node(op, key[1], key[2], current, value)
+
+
+class _CallsEnvoy(Envoy):
+    """An envoy whose values are those of a range of calls (``envoy.all()``, ``envoy.iter[...]``)."""
+
+    def __init__(self, envoy: Envoy, calls: Tuple[int, Optional[int], int]) -> None:
+        super().__init__(envoy._module, envoy._path, envoy._wrapper)
+        self.__dict__["_calls"] = calls
+
+    def _call(self, invoker: Invoker) -> Any:
+        return invoker._iteration(*self._calls)
+
+    def next(self, steps: int = 1) -> Envoy:
+        raise InvokeError(f"{display_path(self._path)}.all()/.iter[...] already addresses several "
+                          "calls; .next() moves a single-call envoy: use it on the envoy itself.")
+
+
+class _CallIndexer:
+    """``envoy.iter[calls]``: the envoy at those calls."""
+
+    def __init__(self, envoy: Envoy) -> None:
+        self._envoy = envoy
+
+    def __getitem__(self, calls: Union[int, slice]) -> Envoy:
+        return _CallsEnvoy(self._envoy, call_range(calls, display_path(self._envoy._path) + ".iter"))
+
+
+def call_range(calls: Union[int, slice], where: str) -> Tuple[int, Optional[int], int]:
+    """``(start, stop, step)`` of a call index or slice (``stop`` None: every later call).
+
+    Raises:
+        InvokeError: A negative index or step, or something that is not an int or slice.
+    """
+    if isinstance(calls, int) and not isinstance(calls, bool):
+        start, stop, step = calls, calls + 1, 1
+    elif isinstance(calls, slice):
+        start, stop, step = calls.start or 0, calls.stop, calls.step or 1
+    else:
+        raise InvokeError(f"{where}[...] takes a call index or a slice of calls (e.g. [1:3] or [:]), "
+                          f"not {type(calls).__name__}.")
+    bad = [v for v in (start, stop, step) if v is not None and (not isinstance(v, int) or v < 0)]
+    if bad or step == 0:
+        raise InvokeError(f"{where}[{calls}]: calls are counted from 0 as the model makes them, so "
+                          "give non-negative ints and a positive step (negative indices cannot be "
+                          "known before the model has run).")
+    return start, stop, step
 

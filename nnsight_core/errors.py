@@ -25,6 +25,11 @@ __all__ = [
     "ModelKeyError",
     "ProxyCallError",
     "TokenIndexError",
+    "AssignmentError",
+    "GraphvizNotFoundError",
+    "ImageFormatError",
+    "PluginLoadError",
+    "GraphFormatError",
 ]
 
 
@@ -94,3 +99,23 @@ class ProxyCallError(NNsightError, TypeError):
 
 class TokenIndexError(NNsightError, IndexError):
     """Raised when a token index falls outside the tokens of the invoke it is used in."""
+
+
+class AssignmentError(NNsightError, ValueError):
+    """Raised when a value assigned to a module's output or input does not fit the value it replaces."""
+
+
+class GraphvizNotFoundError(NNsightError, RuntimeError):
+    """Raised when a graph is drawn but the ``graphviz`` package or the ``dot`` program is missing."""
+
+
+class ImageFormatError(NNsightError, ValueError):
+    """Raised when a graph is drawn in an image format that ``Graph.vis`` does not render."""
+
+
+class PluginLoadError(NNsightError, ImportError):
+    """Raised when a plugin registered under the ``nnsight_core`` entry-point group fails to load."""
+
+
+class GraphFormatError(NNsightError, ValueError):
+    """Raised when a graph cannot be written as JSON, or a JSON document is not a valid graph."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import linecache
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-__all__ = ["Graph", "Node", "OPS", "MODULE_VALUE_OPS", "EMPTY", "display_path"]
+__all__ = ["Graph", "Node", "Iteration", "OPS", "MODULE_VALUE_OPS", "EMPTY", "display_path"]
 
 #: The closed vocabulary of node operations, with what ``target`` and ``args`` hold.
 OPS: Dict[str, str] = {
@@ -60,6 +60,55 @@ class _Empty:
 EMPTY: Any = _Empty()
 
 
+class Iteration:
+    """A range of module calls that some nodes apply to: each call gets its own copy of them.
+
+    ``tracer.iter[1:3]``, ``tracer.all()`` and ``envoy.all()`` record *template*
+    nodes whose module values name an Iteration instead of one call. While the
+    model runs, the first time a module of the iteration reaches a call ``k``
+    in its range, the Interleaver copies the templates for ``k``: every module
+    value the templates name is then call ``k`` of that module (generation
+    step ``k``, denoising step ``k``). A saved template collects one value per
+    call, in call order, as a list.
+
+    Attributes:
+        start: First call.
+        stop: Call to stop before, or None for every call the model makes.
+        step: Stride between calls.
+        nodes: The template nodes, in recording order.
+        modules: ``(event kind, module path)`` pairs the templates read or edit.
+        instances: Call index to the nodes copied for it (during execution).
+        seen: The calls that got copies in the last execution, in order.
+    """
+
+    __slots__ = ("start", "stop", "step", "nodes", "modules", "instances", "seen", "missed")
+
+    def __init__(self, start: int = 0, stop: Optional[int] = None, step: int = 1) -> None:
+        self.start, self.stop, self.step = start, stop, step
+        self.nodes: List[Node] = []
+        self.modules: set = set()
+        self.instances: Dict[int, List[Node]] = {}
+        self.seen: List[int] = []
+        self.missed: List[str] = []
+
+    def __contains__(self, call: int) -> bool:
+        return (call >= self.start and (self.stop is None or call < self.stop)
+                and (call - self.start) % self.step == 0)
+
+    def expected(self) -> Optional[range]:
+        """The calls the iteration must see, or None when it is open-ended."""
+        return None if self.stop is None else range(self.start, self.stop, self.step)
+
+    def __str__(self) -> str:
+        if self.stop is None:
+            every = "every call" if self.step == 1 else f"every {self.step}th call"
+            return every if self.start == 0 else f"{every} from call {self.start}"
+        calls = list(range(self.start, self.stop, self.step))
+        return f"calls {', '.join(map(str, calls))}" if len(calls) != 1 else f"call {calls[0]}"
+
+    __repr__ = __str__
+
+
 def display_path(path: str) -> str:
     """``'transformer.h.0.mlp'`` -> ``'model.transformer.h[0].mlp'``."""
     if not path:
@@ -89,7 +138,7 @@ class Node:
 
     __slots__ = (
         "graph", "index", "op", "target", "args", "kwargs", "deps", "users", "invoke",
-        "saved", "where", "value", "done", "mutated", "_pending", "_uses_left", "_flat",
+        "saved", "where", "value", "done", "mutated", "iteration", "_pending", "_uses_left", "_flat",
     )
 
     def __init__(self, graph: Graph, index: int, op: str, target: Any, args: tuple,
@@ -110,6 +159,8 @@ class Node:
         self.done = False
         #: True when an in-place edit reaches this module value, which is then copied first.
         self.mutated = False
+        #: The Iteration this node is a template of, or None for a node that runs once.
+        self.iteration: Optional[Iteration] = None
         self._pending = len(deps)
         self._uses_left = 0
         self._flat = flat
@@ -126,7 +177,8 @@ class Node:
             path, call = self.target
             attr = {"set_output": "output", "set_inputs": "inputs", "set_input": "input"}.get(self.op, self.op)
             verb = "assignment to " if self.op.startswith("set_") else ""
-            return f"{verb}{display_path(path)}.{attr} (call {call}, invoke {self.invoke})"
+            calls = call if type(call) is Iteration else f"call {call}"
+            return f"{verb}{display_path(path)}.{attr} ({calls}, invoke {self.invoke})"
         label = f"node %{self.index} {self.op}"
         if self.op in ("operator", "getattr", "call_method", "call_module"):
             label += f"[{self.target}]"
@@ -167,8 +219,11 @@ class Graph:
         nodes: All nodes in recording order.
         rows: ``(start, stop)`` batch rows of each invoke.
         batch_size: Rows in the batched forward pass.
+        layouts: Other dimension-0 sizes the execution makes of the batch, as
+            ``size -> (blocks, repeats)`` (see ``NNsightModel.batch_layout``).
         fed: ``(op, module path, call)`` to the ``output``/``inputs`` nodes fed by that hook event.
         edits: ``(op, module path, call)`` to nodes that must run inside that event.
+        iterations: The :class:`Iteration` blocks whose template nodes run once per call.
         recording: True while the user's code is still adding nodes.
     """
 
@@ -176,9 +231,12 @@ class Graph:
         self.nodes: List[Node] = []
         self.rows: List[Tuple[int, int]] = []
         self.batch_size = 0
+        self.layouts: Dict[int, Tuple[int, int]] = {}
         self.fed: Dict[Tuple[str, str, int], List[Node]] = {}
         self.edits: Dict[Tuple[str, str, int], List[Node]] = {}
+        self.iterations: List[Iteration] = []
         self.recording = True
+        self._copies_from: Optional[int] = None  # index of the first node copied from a template
 
     def create_node(self, op: str, target: Any, args: tuple = (), kwargs: Optional[dict] = None,
                     invoke: Optional[int] = None, where: Optional[Tuple[str, int]] = None) -> Node:
@@ -201,6 +259,8 @@ class Graph:
         for dep in node.deps:
             dep.users.append(node)
         self.nodes.append(node)
+        if self.iterations and _template_of(node) is not None:
+            return node  # registered when it is copied for a call (instantiate)
         if op in MODULE_VALUE_OPS:
             key = (_EVENT_KIND[op], target[0], target[1])
             (self.fed if op in _FED_OPS else self.edits).setdefault(key, []).append(node)
@@ -212,6 +272,74 @@ class Graph:
                 if root.op in _FED_OPS:
                     root.mutated = True
         return node
+
+    def iteration(self, start: int = 0, stop: Optional[int] = None, step: int = 1) -> Iteration:
+        """Add an :class:`Iteration` over calls ``start:stop:step`` (``stop=None``: every call)."""
+        iteration = Iteration(start, stop, step)
+        self.iterations.append(iteration)
+        return iteration
+
+    def instantiate(self, iteration: Iteration, call: int) -> List[Node]:
+        """Copy ``iteration``'s template nodes for module call ``call``; return the copies.
+
+        The copies are ordinary nodes (registered for their hook events) whose
+        pending counts already account for arguments computed earlier.
+        """
+        if self._copies_from is None:
+            self._copies_from = len(self.nodes)
+        copies: Dict[int, Node] = {}
+        created = []
+
+        def bind(value: Any) -> Any:
+            if type(value) is Node and value.iteration is iteration:
+                return copies[value.index]
+            return value
+
+        for template in iteration.nodes:
+            target = template.target
+            if template.op in MODULE_VALUE_OPS and target[1] is iteration:
+                target = (target[0], call)
+            node = self.create_node(template.op, target, _map_nodes(template.args, bind),
+                                    _map_nodes(template.kwargs, bind), template.invoke, template.where)
+            node.saved = template.saved
+            copies[template.index] = node
+            created.append(node)
+        for node in created:
+            node._uses_left = len(node.users)
+            node._pending = sum(1 for dep in node.deps if not dep.done)
+        iteration.instances[call] = created
+        return created
+
+    def drop_instances(self) -> None:
+        """Collect saved templates' values (one per call) and remove every copied node."""
+        for iteration in self.iterations:
+            iteration.seen = sorted(iteration.instances)
+            iteration.missed = []
+            position = {t.index: i for i, t in enumerate(iteration.nodes)}
+            for template in iteration.nodes:
+                if template.saved:
+                    template.value = [iteration.instances[k][position[template.index]].value
+                                      for k in iteration.seen]
+            for call in iteration.seen:
+                for node in iteration.instances[call]:
+                    if not node.done and node.op in _FED_OPS:
+                        iteration.missed.append(node.describe())
+            iteration.instances = {}
+        recorded, self._copies_from = self._copies_from, None
+        if recorded is None:
+            return
+        for node in self.nodes[recorded:]:
+            for dep in node.deps:
+                if dep.index < recorded:
+                    dep.users.remove(node)
+        del self.nodes[recorded:]
+        for table in (self.fed, self.edits):
+            for key in [k for k, nodes in table.items() if any(n.index >= recorded for n in nodes)]:
+                kept = [n for n in table[key] if n.index < recorded]
+                if kept:
+                    table[key] = kept
+                else:
+                    del table[key]
 
     def rewrite_as_method_call(self, node: Node, args: tuple, kwargs: dict) -> Node:
         """Turn an unused ``getattr`` node into a ``call_method`` of that attribute."""
@@ -231,6 +359,8 @@ class Graph:
         hence a valid heap.
         """
         ready = []
+        if self.iterations:
+            return self._reset_with_iterations()
         for node in self.nodes:
             node.value = EMPTY
             node.done = False
@@ -238,6 +368,21 @@ class Graph:
             node._uses_left = len(node.users)
             if not pending and node.op not in _FED_OPS:
                 ready.append(node.index)
+        return ready
+
+    def _reset_with_iterations(self) -> List[int]:
+        ready = []
+        for node in self.nodes:
+            node.value = EMPTY
+            node.done = False
+            node._pending = pending = len(node.deps)
+            # A value that templates use must outlive all their copies: never free it early.
+            used_by_templates = any(user.iteration is not None for user in node.users)
+            node._uses_left = _KEEP if used_by_templates else len(node.users)
+            if node.iteration is None and not pending and node.op not in _FED_OPS:
+                ready.append(node.index)
+        for iteration in self.iterations:
+            iteration.instances = {}
         return ready
 
     def release(self) -> None:
@@ -250,10 +395,41 @@ class Graph:
     def modules(self) -> Iterator[Tuple[str, str]]:
         """Yield each distinct ``(event kind, module path)`` the graph needs a hook for."""
         seen = set()
-        for kind, path, _ in list(self.fed) + list(self.edits):
-            if (kind, path) not in seen:
-                seen.add((kind, path))
-                yield kind, path
+        pairs = [(kind, path) for kind, path, _ in list(self.fed) + list(self.edits)]
+        for iteration in self.iterations:
+            pairs.extend(sorted(iteration.modules))
+        for pair in pairs:
+            if pair not in seen:
+                seen.add(pair)
+                yield pair
+
+    def to_dot(self) -> str:
+        """The graph as Graphviz DOT source (see :func:`nnsight_core.vis.to_dot`)."""
+        from .vis import to_dot  # noqa: PLC0415 - vis imports this module
+
+        return to_dot(self)
+
+    def vis(self, path: Any = None, format: str = "svg") -> Any:
+        """Draw the graph as SVG, PNG or PDF with Graphviz (see :func:`nnsight_core.vis.render`).
+
+        Returns the image bytes, or writes ``path`` and returns it as a ``Path``.
+        """
+        from .vis import render  # noqa: PLC0415 - vis imports this module
+
+        return render(self, path, format)
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        """The graph as JSON: data only, no pickle (see :func:`nnsight_core.serialize.to_json`)."""
+        from .serialize import to_json  # noqa: PLC0415 - serialize imports this module
+
+        return to_json(self, indent)
+
+    @staticmethod
+    def from_json(text: Any, device: Any = None) -> Graph:
+        """Rebuild a graph from :meth:`to_json`'s text (see :func:`nnsight_core.serialize.from_json`)."""
+        from .serialize import from_json  # noqa: PLC0415 - serialize imports this module
+
+        return from_json(text, device)
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -278,6 +454,56 @@ class Graph:
 _EVENT_KIND = {"output": "output", "set_output": "output",
                "inputs": "inputs", "set_inputs": "inputs", "set_input": "inputs"}
 _CONTAINERS = frozenset({tuple, list, dict, slice})
+
+
+# Uses-left count of a value that template nodes read: larger than any number of copies.
+_KEEP = 1 << 40
+
+
+def _template_of(node: Node) -> Optional[Iteration]:
+    """Mark ``node`` as a template of the iteration it belongs to (if any) and return that iteration.
+
+    A module value recorded for an Iteration is a template, and so is every node
+    computed from a template.
+
+    Raises:
+        ValueError: The node mixes templates of two different iterations.
+    """
+    iteration = None
+    if node.op in MODULE_VALUE_OPS and type(node.target[1]) is Iteration:
+        iteration = node.target[1]
+    for dep in node.deps:
+        if dep.iteration is not None and dep.iteration is not iteration:
+            if iteration is not None:
+                from .errors import InvokeError  # noqa: PLC0415 - errors is a leaf; keep graph import-light
+
+                raise InvokeError(f"{node.describe()} combines values of two iterations ({iteration} "
+                                  f"and {dep.iteration}); use one iteration block for values that "
+                                  "belong together.")
+            iteration = dep.iteration
+    if iteration is not None:
+        node.iteration = iteration
+        iteration.nodes.append(node)
+        if node.op in MODULE_VALUE_OPS and node.target[1] is iteration:
+            iteration.modules.add((_EVENT_KIND[node.op], node.target[0]))
+        elif node.op == "setitem" or (node.op == "call_method" and _is_inplace(node.target)):
+            root = _mutation_root(node.args[0] if node.args else None)
+            if root is not None and root.op in _FED_OPS:
+                root.mutated = True
+    return iteration
+
+
+def _map_nodes(value: Any, fn: Any) -> Any:
+    kind = type(value)
+    if kind is Node:
+        return fn(value)
+    if kind is tuple or kind is list:
+        return kind(_map_nodes(v, fn) for v in value)
+    if kind is dict:
+        return {k: _map_nodes(v, fn) for k, v in value.items()}
+    if kind is slice:
+        return slice(_map_nodes(value.start, fn), _map_nodes(value.stop, fn), _map_nodes(value.step, fn))
+    return value
 
 
 def _collect(value: Any, deps: Dict[int, Node]) -> bool:

@@ -25,11 +25,12 @@ from heapq import heappop, heappush
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from torch.utils import _pytree as pytree
 
-from ._tree import narrow, clone, write_back
-from .errors import (BatchError, InterventionError, MissedCallError, NNsightError,
+from ._tree import clone, narrow, row_table, write_back
+from .errors import (AssignmentError, BatchError, InterventionError, MissedCallError, NNsightError,
                      OutOfOrderEditError)
-from .graph import EMPTY, Graph, Node, display_path
+from .graph import EMPTY, Graph, Iteration, Node, display_path
 
 __all__ = ["Interleaver"]
 
@@ -71,9 +72,14 @@ class Interleaver:
         self._ready: List[int] = []
         self._bypass = 0
         self._thread = threading.get_ident()
-        self._rows = graph.rows
         batch = graph.batch_size
+        self._table = row_table(graph.rows, batch, graph.layouts)
         self._whole = len(graph.rows) == 1 and graph.rows[0] == (0, batch)
+        # (event kind, module path) -> the iterations whose templates that event starts copying.
+        self._iterating: Dict[Tuple[str, str], List[Iteration]] = {}
+        for iteration in graph.iterations:
+            for pair in iteration.modules:
+                self._iterating.setdefault(pair, []).append(iteration)
 
     # -- hooks -------------------------------------------------------------
 
@@ -94,6 +100,8 @@ class Interleaver:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove_hooks()
+        if self.graph.iterations:
+            self.graph.drop_instances()
 
     def remove_hooks(self) -> None:
         """Restore every hooked module's ``forward`` (idempotent)."""
@@ -133,6 +141,8 @@ class Interleaver:
         call = calls.get((kind, path), 0)
         calls[(kind, path)] = call + 1
         key = (kind, path, call)
+        if self._iterating:
+            self._copy_templates(kind, path, call)
         fed = self.graph.fed.get(key)
         edits = self.graph.edits.get(key)
         if fed is None and edits is None:
@@ -140,10 +150,9 @@ class Interleaver:
         event = _Event()
         self._open[key] = event
         try:
-            batch = self.graph.batch_size
             for node in fed or ():
                 invoke = node.invoke
-                rows = value if self._whole else narrow(value, self._rows[invoke], batch)
+                rows = value if self._whole else narrow(value, self._table, invoke)
                 event.narrowed[invoke] = rows
                 if node.mutated:
                     rows = clone(rows)
@@ -165,8 +174,16 @@ class Interleaver:
             return _UNCHANGED
         if self._whole:
             return next(iter(event.replaced.values()))
-        return write_back(value, event.replaced, event.narrowed, self._rows, batch,
+        return write_back(value, event.replaced, event.narrowed, self._table,
                           f"{display_path(path)}.{kind} (call {call})")
+
+    def _copy_templates(self, kind: str, path: str, call: int) -> None:
+        """At the first event of call ``call`` of an iteration's modules, copy its templates for it."""
+        for iteration in self._iterating.get((kind, path), ()):
+            if call in iteration and call not in iteration.instances:
+                for node in self.graph.instantiate(iteration, call):
+                    if not node._pending and node.op not in ("output", "inputs"):
+                        heappush(self._ready, node.index)
 
     # -- execution ------------------------------------------------------------
 
@@ -248,9 +265,32 @@ class Interleaver:
                         f"reached: {detail}. Check the module path and how many times .next() "
                         "was called for it."
                     )
+        for iteration in self.graph.iterations:
+            self._check_iteration(iteration)
         for node in self.graph.nodes:
-            if not node.done:
+            if not node.done and node.iteration is None:
                 raise MissedCallError(f"{node.describe()} never ran: one of its inputs was never computed")
+
+    def _check_iteration(self, iteration: Iteration) -> None:
+        if not iteration.modules:
+            return
+        if iteration.missed:
+            raise MissedCallError(f"{iteration.missed[0]} was never reached, although the other modules "
+                                  f"of its iteration ({iteration}) ran that call.")
+        expected = iteration.expected()
+        missing = ([] if iteration.seen else [iteration.start]) if expected is None else \
+            [k for k in expected if k not in iteration.seen]
+        if not missing:
+            return
+        kind, path = sorted(iteration.modules)[0]
+        ran = self._calls.get((kind, path), 0)
+        attr = "output" if kind == "output" else "input"
+        raise MissedCallError(
+            f"{display_path(path)}.{attr} ({iteration}) never reached call {missing[0]}: "
+            f"{display_path(path)} ran {ran} time(s), so its calls are "
+            f"{'none' if not ran else f'0-{ran - 1}'}. Narrow the range of tracer.iter[...] to the "
+            "steps the model runs (e.g. max_new_tokens or num_inference_steps)."
+        )
 
     # -- operations (one per op of the vocabulary) ------------------------------
 
@@ -284,6 +324,7 @@ class Interleaver:
             self._bypass -= 1
 
     def set_output(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        _check_assignment(node, args[0], args[1])
         self._event_of(node).replaced[node.invoke] = args[1]
         return args[1]
 
@@ -294,6 +335,7 @@ class Interleaver:
             raise BatchError(f"{node.describe()}: `.inputs` must be assigned an (args, kwargs) pair, "
                              f"e.g. `.inputs = ((x,), {{}})`; got {type(new).__name__}.")
         new = (tuple(new[0]), new[1])
+        _check_assignment(node, args[0], new)
         self._event_of(node).replaced[node.invoke] = new
         return new
 
@@ -302,6 +344,7 @@ class Interleaver:
         if not pos:
             raise BatchError(f"{node.describe()}: the module received no positional argument "
                              "(only keywords); assign `.inputs = (args, kwargs)` instead.")
+        _check_assignment(node, pos[0], value)
         new = ((value,) + tuple(pos[1:]), kw)
         self._event_of(node).replaced[node.invoke] = new
         return new
@@ -312,6 +355,66 @@ class Interleaver:
         if event is None:
             raise OutOfOrderEditError(f"{node.describe()} ran after its module had finished")
         return event
+
+
+def _check_assignment(node: Node, old: Any, new: Any) -> None:
+    """Raise unless ``new`` can stand in for ``old``: every tensor of ``old`` replaced by a
+    tensor of its shape, dtype and device (or left as it is).
+
+    A value of another structure is not compared here; where several invokes share the
+    batch, writing it back into the invoke's rows checks it.
+
+    Raises:
+        BatchError: A tensor's dimension 0 (the invoke's rows) differs.
+        AssignmentError: A tensor is replaced by a non-tensor, or by a tensor of another
+            shape, dtype or device.
+    """
+    if isinstance(old, torch.Tensor):
+        pairs = [(old, new)]
+    else:
+        old_leaves, old_spec = pytree.tree_flatten(old)
+        new_leaves, new_spec = pytree.tree_flatten(new)
+        if old_spec != new_spec:
+            return
+        pairs = list(zip(old_leaves, new_leaves))
+    for position, (before, after) in enumerate(pairs):
+        if not isinstance(before, torch.Tensor) or after is before:
+            continue
+        problem = _mismatch(before, after, _ASSIGNED[node.op])
+        if problem is None:
+            continue
+        what = node.describe() + (f", element {position}" if len(pairs) > 1 else "")
+        at = node.source()
+        where = f"{what}{' at ' + at if at else ''}"
+        shape = tuple(before.shape)
+        if problem == "rows":
+            raise BatchError(f"{where}: invoke {node.invoke} owns {shape[0]} row(s) of the batch but "
+                             f"assigned a value of shape {tuple(after.shape)}; give it shape {shape}.")
+        raise AssignmentError(f"{where}: {problem}")
+
+
+_ASSIGNED = {"set_output": "output", "set_input": "input", "set_inputs": "inputs"}
+
+
+def _mismatch(before: torch.Tensor, after: Any, attr: str) -> Optional[str]:
+    """What keeps ``after`` from replacing the tensor ``before`` ('rows' for dimension 0), or None."""
+    shape = tuple(before.shape)
+    if not isinstance(after, torch.Tensor):
+        return (f"a value of type {type(after).__name__} was assigned where the module has a tensor "
+                f"of shape {shape}; assign a tensor of that shape, or fill the value in place "
+                f"instead (`.{attr}[:] = value`).")
+    if after.shape != before.shape:
+        if before.dim() and (not after.dim() or after.shape[0] != before.shape[0]):
+            return "rows"
+        return (f"the assigned tensor has shape {tuple(after.shape)} but the value it replaces has "
+                f"shape {shape}; give it shape {shape}.")
+    if after.dtype != before.dtype:
+        return (f"the assigned tensor has dtype {after.dtype} but the value it replaces has "
+                f"{before.dtype}; cast it with `.to({before.dtype})`.")
+    if after.device != before.device:
+        return (f"the assigned tensor is on device {after.device} but the value it replaces is on "
+                f"{before.device}; move it with `.to('{before.device}')`.")
+    return None
 
 
 def _resolve(value: Any) -> Any:

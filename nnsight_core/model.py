@@ -8,6 +8,7 @@ calls adapter behaviour only through the pluggy hooks of
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -22,6 +23,20 @@ from .proxy import InterventionProxy, Proxy
 from .tracer import Invoker, Runner
 
 __all__ = ["NNsightModel"]
+
+# One lock per wrapped module, shared by every wrapper of it (``NNsight(net)`` made twice):
+# two executions hooking the same module at once would remove or restore each other's hooks.
+_MODULE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MODULE_LOCKS_GUARD = threading.Lock()
+
+
+def _module_lock(module: torch.nn.Module) -> threading.RLock:
+    """The execution lock of ``module``, the same object for every wrapper of it."""
+    with _MODULE_LOCKS_GUARD:
+        lock = _MODULE_LOCKS.get(module)
+        if lock is None:
+            lock = _MODULE_LOCKS[module] = threading.RLock()
+        return lock
 
 
 class NNsightModel:
@@ -53,7 +68,7 @@ class NNsightModel:
         d["args"] = args
         d["kwargs"] = kwargs
         d["custom_model"] = isinstance(model_key, torch.nn.Module)
-        d["_lock"] = threading.RLock()
+        d["_lock"] = _module_lock(model_key) if d["custom_model"] else threading.RLock()
         d["_attached"] = {}
         if self.custom_model:
             d["_model"] = model_key
@@ -116,20 +131,47 @@ class NNsightModel:
         """Run ``fn(*inputs, **kwargs)`` with ``intervention_graph`` interleaved.
 
         Hooks are added only to modules the graph touches and are always
-        removed, also on error. One model runs one interleaved execution at a
-        time: concurrent traces from other threads wait for it.
+        removed, also on error. One module runs one interleaved execution at a
+        time, also across wrappers of the same module: concurrent traces from
+        other threads wait for it. A lazily loaded model loads its weights once,
+        in the first execution.
 
         Raises:
             MissedCallError: A module value the graph needed was never produced.
         """
-        if not self.dispatched:
-            self.dispatch_model()
         with self._lock:
+            if not self.dispatched:
+                self.dispatch_model()
             interleaver = Interleaver(intervention_graph, self._model, self._attached)
             with interleaver:
                 output = fn(*inputs, **kwargs)
             interleaver.check_complete()
         return output
+
+    def batch_layout(self, batch_size: int, kwargs: Dict[str, Any],
+                     method: Optional[str]) -> Dict[int, Tuple[int, int]]:
+        """Other batch sizes the execution makes of the invokes' batch, and how.
+
+        The invokes own consecutive rows of the ``batch_size`` rows they were
+        batched into. An execution that enlarges the batch inside the model
+        (classifier-free guidance runs an unconditional and a conditional copy;
+        several samples per prompt repeat each row) overrides this so every
+        invoke still gets exactly its own rows of the larger tensors. Called
+        once per trace with two or more invokes, with the execution's keyword
+        arguments and method.
+
+        Returns:
+            ``{size: (blocks, repeats)}``: a tensor whose dimension 0 is ``size``
+            holds ``blocks`` consecutive copies of the batch, each batch row
+            repeated ``repeats`` times in a row. The default, ``{}``, means only
+            tensors of ``batch_size`` rows are split among invokes.
+
+        Example:
+            >>> class Guided(NNsight):
+            ...     def batch_layout(self, batch_size, kwargs, method):
+            ...         return {2 * batch_size: (2, 1)}   # [uncond; cond] halves
+        """
+        return {}
 
     def dispatch_model(self, *args: Any, **kwargs: Any) -> None:
         """Load real weights into a wrapper built from a key (no-op once dispatched)."""
@@ -223,6 +265,8 @@ class NNsightModel:
             setattr(self._envoy, name, value)
             self.__dict__.pop(name, None)
         else:
+            if not name.startswith("_") and name not in self.__dict__ and not hasattr(type(self), name):
+                self._envoy._refuse_new_attribute_in_trace(name)  # `model.outptu = x` in a trace
             object.__setattr__(self, name, value)
 
     def __getitem__(self, key: Any) -> Any:

@@ -23,11 +23,13 @@ Override points:
     align: Make an invoke's value from a batched run comparable with its solo run
         (default: unchanged; a sequence model with left padding keeps the last tokens).
     atol: Tolerance when batched results are compared with solo runs.
+    trace_kwargs: Keyword arguments given to every execution, plain or traced
+        (default none; e.g. a fixed seed for a model that samples noise).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -51,6 +53,8 @@ class AdapterConformance:
     module_path: str = ""
     output_index: Optional[int] = None
     atol: float = 1e-5
+    #: Keyword arguments for every execution, traced or plain (e.g. a seed for a sampling model).
+    trace_kwargs: Dict[str, Any] = {}
 
     # -- override points ---------------------------------------------------------
 
@@ -98,7 +102,7 @@ class AdapterConformance:
         handle = model._model.get_submodule(self.module_path).register_forward_hook(hook)
         try:
             with torch.no_grad():
-                out = model.trace(*inputs, trace=False)
+                out = model.trace(*inputs, trace=False, **self.trace_kwargs)
         finally:
             handle.remove()
         return seen["value"], self.final_tensor(out).detach().clone()
@@ -109,7 +113,7 @@ class AdapterConformance:
         model = self.make_model()
         inputs = self.make_inputs()[0]
         expected, _ = self._raw(model, inputs)
-        with torch.no_grad(), model.trace(*inputs):
+        with torch.no_grad(), model.trace(*inputs, **self.trace_kwargs):
             saved = self._pick(self._envoy(model).output).save()
         torch.testing.assert_close(saved.value, expected, rtol=0, atol=0)
 
@@ -117,7 +121,7 @@ class AdapterConformance:
         model = self.make_model()
         inputs = self.make_inputs()[0]
         _, expected = self._raw(model, inputs)
-        with torch.no_grad(), model.trace(*inputs) as tracer:
+        with torch.no_grad(), model.trace(*inputs, **self.trace_kwargs) as tracer:
             pass
         torch.testing.assert_close(self.final_tensor(tracer.output), expected, rtol=0, atol=0)
 
@@ -129,7 +133,7 @@ class AdapterConformance:
             t[..., 0] = 0
 
         expected_module, expected_final = self._raw(model, inputs, edit=zero)
-        with torch.no_grad(), model.trace(*inputs):
+        with torch.no_grad(), model.trace(*inputs, **self.trace_kwargs):
             self._pick(self._envoy(model).output)[..., 0] = 0
             module = self._pick(self._envoy(model).output).save()
             final = model.output.save()
@@ -141,7 +145,7 @@ class AdapterConformance:
         all_inputs = self.make_inputs()
         solo = [self._raw(model, inputs) for inputs in all_inputs]
         saved = []
-        with torch.no_grad(), model.trace() as tracer:
+        with torch.no_grad(), model.trace(**self.trace_kwargs) as tracer:
             for inputs in all_inputs:
                 with tracer.invoke(*inputs):
                     saved.append(self._pick(self._envoy(model).output).save())
@@ -154,7 +158,7 @@ class AdapterConformance:
         all_inputs = self.make_inputs()
         solo = [self._raw(model, inputs) for inputs in all_inputs]
         saved = []
-        with torch.no_grad(), model.trace() as tracer:
+        with torch.no_grad(), model.trace(**self.trace_kwargs) as tracer:
             for i, inputs in enumerate(all_inputs):
                 with tracer.invoke(*inputs):
                     if i == 0:
@@ -169,7 +173,7 @@ class AdapterConformance:
         model = self.make_model()
         inputs = self.make_inputs()[0]
         before = hook_count(model._model)
-        with torch.no_grad(), model.trace(*inputs):
+        with torch.no_grad(), model.trace(*inputs, **self.trace_kwargs):
             self._envoy(model).output.save()
         assert hook_count(model._model) == before
 
@@ -177,7 +181,7 @@ class AdapterConformance:
             pass
 
         try:
-            with torch.no_grad(), model.trace(*inputs):
+            with torch.no_grad(), model.trace(*inputs, **self.trace_kwargs):
                 self._envoy(model).output.save()
                 raise Boom
         except Boom:
@@ -185,13 +189,13 @@ class AdapterConformance:
         assert hook_count(model._model) == before
 
         try:
-            with torch.no_grad(), model.trace(*inputs):
+            with torch.no_grad(), model.trace(*inputs, **self.trace_kwargs):
                 self._pick(self._envoy(model).output)[:] = torch.zeros(1, 2, 3, 4, 5, 6)
         except Exception:  # noqa: BLE001 - any error type: only the clean-up is under test
             pass
         assert hook_count(model._model) == before
         # The model still works and equals a plain run.
         _, expected = self._raw(model, inputs)
-        with torch.no_grad(), model.trace(*inputs) as tracer:
+        with torch.no_grad(), model.trace(*inputs, **self.trace_kwargs) as tracer:
             pass
         torch.testing.assert_close(self.final_tensor(tracer.output), expected, rtol=0, atol=0)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from . import _state
 from .errors import InputError, InvokeError, TraceStateError
-from .graph import Graph
+from .graph import Graph, Iteration
 
 if TYPE_CHECKING:
     from .model import NNsightModel
@@ -55,7 +55,10 @@ class Invoker:
         # Per-invoke call cursor of each module (moved by Envoy.next()) and the
         # proxy currently standing for each module value (updated by assignments).
         self._cursors: Dict[str, int] = {}
-        self._current: Dict[Tuple[str, str, int], Proxy] = {}
+        self._current: Dict[Tuple[str, str, Any], Proxy] = {}
+        # The open `tracer.iter[...]` block's Iteration, and every Iteration of this invoke by range.
+        self._block: Optional[Iteration] = None
+        self._iterations: Dict[Tuple[int, Optional[int], int], Iteration] = {}
 
     def __enter__(self) -> Invoker:
         runner = self._runner
@@ -81,13 +84,21 @@ class Invoker:
     def __exit__(self, *exc: Any) -> None:
         self._runner._invoker = None
 
-    def _module_node(self, kind: str, path: str, call: int) -> Proxy:
+    def _iteration(self, start: int, stop: Optional[int], step: int) -> Iteration:
+        """This invoke's Iteration over calls ``start:stop:step`` (one per range, shared)."""
+        key = (start, stop, step)
+        iteration = self._iterations.get(key)
+        if iteration is None:
+            iteration = self._iterations[key] = self._runner._graph.iteration(start, stop, step)
+        return iteration
+
+    def _module_node(self, kind: str, path: str, call: Any) -> Proxy:
         runner = self._runner
         node = runner._graph.create_node(kind, (path, call), invoke=self.index,
                                          where=_state.user_location())
         return runner._model.proxy_class(node)
 
-    def _set_node(self, op: str, path: str, call: int, current: Proxy, value: Any) -> Proxy:
+    def _set_node(self, op: str, path: str, call: Any, current: Proxy, value: Any) -> Proxy:
         from .proxy import _record  # noqa: PLC0415 - proxy depends on this module's users
         return _record(self._runner._model.proxy_class, op, (path, call), (current, value), {})
 
@@ -161,6 +172,8 @@ class Runner:
                                   "`with tracer.invoke(inputs):` blocks inside it.")
             batched = self._model._batch_inputs([i.prepared for i in self.invokers],
                                                 [i.batch_size for i in self.invokers])
+            if len(self.invokers) > 1:
+                graph.layouts = self._model.batch_layout(graph.batch_size, self._kwargs, self.method)
             self._output = self._model.interleave(self._model._execute, graph, batched,
                                                   method=self.method, **self._kwargs)
         finally:
@@ -174,6 +187,32 @@ class Runner:
             runners.pop()
         elif self in runners:
             runners.remove(self)
+
+    @property
+    def iter(self) -> _IterIndexer:
+        """``with tracer.iter[1:3]:`` applies the block to calls 1 and 2 of every module it uses.
+
+        Generation and denoising steps are calls: call ``k`` of each module
+        is step ``k``. The block is recorded once and copied for each call
+        while the model runs; a value saved inside it becomes a list with one
+        entry per call. ``tracer.iter[:]`` (or :meth:`all`) covers every call
+        the model makes, ``tracer.iter[2]`` call 2 only. Use it inside an
+        invoke (or a trace given inputs).
+
+        Example:
+            >>> with model.generate(prompt, max_new_tokens=4) as tracer:
+            ...     with tracer.iter[1:3]:
+            ...         model.transformer.h[0].output[:] = 0       # steps 1 and 2 only
+            ...         logits = model.lm_head.output.save()        # a list of 2 tensors
+
+        Raises:
+            MissedCallError: After the run, when a call of the range never happened.
+        """
+        return _IterIndexer(self)
+
+    def all(self) -> _IterBlock:
+        """``with tracer.all():`` is ``with tracer.iter[:]:`` (every call of every module used)."""
+        return self.iter[:]
 
     def _add_invoke(self, invoker: Invoker) -> None:
         graph = self._graph
@@ -220,3 +259,47 @@ class Runner:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         return getattr(self._model, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (not name.startswith("_") and name not in self.__dict__ and not hasattr(type(self), name)
+                and _state.current_runner() is self):
+            setattr(self._model, name, value)  # inside its block: `runner.outptu = x` is caught there
+        else:
+            object.__setattr__(self, name, value)
+
+
+class _IterIndexer:
+    """``tracer.iter[calls]``: an iteration block over those calls."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    def __getitem__(self, calls: Any) -> _IterBlock:
+        from .envoy import call_range  # noqa: PLC0415 - envoy imports this module's users
+
+        return _IterBlock(self._runner, call_range(calls, "tracer.iter"))
+
+
+class _IterBlock:
+    """The ``with tracer.iter[...]:`` context: module values inside it name the block's calls."""
+
+    def __init__(self, runner: Runner, calls: Tuple[int, Optional[int], int]) -> None:
+        self._runner = runner
+        self._calls = calls
+        self._invoker: Optional[Invoker] = None
+
+    def __enter__(self) -> Iteration:
+        invoker = self._runner._invoker
+        if invoker is None or _state.current_runner() is not self._runner:
+            raise InvokeError("tracer.iter[...] / tracer.all() is used inside an invoke of an open "
+                              "trace: put it inside `with tracer.invoke(inputs):` (or a trace given inputs).")
+        if invoker._block is not None:
+            raise InvokeError(f"iteration blocks cannot be nested: the block over {invoker._block} "
+                              "is still open.")
+        self._invoker = invoker
+        invoker._block = invoker._iteration(*self._calls)
+        return invoker._block
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._invoker is not None:
+            self._invoker._block = None

@@ -153,9 +153,6 @@ def test_no_hook_left_after_generate(lm, tiny):
     assert hook_count(lm._attached["generator"]) == 0
 
 
-@pytest.mark.xfail(strict=True, raises=EnvoyAttributeError, reason="SPEC §3/§4: interventions can target every generation step "
-                   "(`.all()` / `tracer.iter[...]`); the Envoy only has .next(), so .all() raises "
-                   "EnvoyAttributeError")
 def test_intervention_at_every_step_with_all(lm, tiny):
     token = 7
     expected = hf_generate(tiny, SHORT, {"lm_head": forced_every_step_hook(token)})

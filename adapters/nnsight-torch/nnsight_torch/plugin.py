@@ -5,7 +5,9 @@ Each hook is ``trylast`` so that adapters for ``NNsight`` subclasses are asked f
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import functools
+import inspect
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -76,7 +78,40 @@ def nnsight_execute(model: Any, batched: Any, kwargs: Dict[str, Any], method: Op
             lambda t: t.to(device) if isinstance(t, torch.Tensor) and t.device != device else t,
             (args, invoke_kwargs))
     run = model._model if method is None else getattr(model._model, method)
+    if kwargs or invoke_kwargs:
+        _check_keywords(type(model._model), method or "forward", invoke_kwargs, kwargs)
     return run(*args, **invoke_kwargs, **kwargs)
+
+
+def _check_keywords(cls: type, method: str, invoke_kwargs: Dict[str, Any], kwargs: Dict[str, Any]) -> None:
+    """Raise before the model runs if it would reject a keyword argument.
+
+    Raises:
+        InputError: A keyword the method does not take, or one given both to an invoke and to trace().
+    """
+    twice = sorted(set(invoke_kwargs) & set(kwargs))
+    if twice:
+        raise InputError(f"keyword argument(s) {', '.join(twice)} were given both to an invoke and to "
+                         "trace(); give each once.")
+    accepted = _keywords(cls, method)
+    unknown = sorted(set(invoke_kwargs).union(kwargs) - accepted) if accepted is not None else []
+    if unknown:
+        raise InputError(f"{cls.__name__}.{method}() takes no keyword argument {', '.join(map(repr, unknown))} "
+                         f"(given to trace() or an invoke); its keyword arguments are: "
+                         f"{', '.join(sorted(accepted)) or 'none'}.")
+
+
+@functools.lru_cache(maxsize=None)
+def _keywords(cls: type, method: str) -> Optional[FrozenSet[str]]:
+    """Names ``cls.method`` accepts as keywords, or None when it takes ``**kwargs`` (or has no signature)."""
+    try:
+        parameters = inspect.signature(getattr(cls, method)).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                               inspect.Parameter.KEYWORD_ONLY)) - {"self"}
 
 
 def _device(module: torch.nn.Module) -> Optional[torch.device]:

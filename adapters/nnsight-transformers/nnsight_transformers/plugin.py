@@ -23,6 +23,11 @@ import torch
 
 from nnsight_core import InputError, ModelKeyError, hookimpl
 
+# Arguments only generate() uses: a forward pass (trace) would silently ignore them.
+_GENERATE_ONLY = frozenset({"max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample",
+                            "temperature", "top_k", "top_p", "num_beams", "num_return_sequences",
+                            "repetition_penalty", "streamer", "stopping_criteria", "logits_processor",
+                            "generation_config"})
 # from_pretrained arguments that name the checkpoint, so config and tokenizer need them too.
 _CHECKPOINT_KWARGS = ("revision", "gguf_file", "subfolder", "trust_remote_code", "cache_dir", "token",
                       "local_files_only", "force_download")
@@ -85,6 +90,7 @@ def nnsight_prepare_inputs(model: Any, inputs: Tuple[Any, ...],
     if ids.shape[1] == 0 or not bool(mask.sum(-1).all()):
         raise InputError(f"the invoke's input {value!r} has a prompt with no tokens: give every "
                          "prompt at least one token.")
+    _check_vocabulary(model._model, ids)
     return {"input_ids": ids, "attention_mask": mask}, ids.shape[0]
 
 
@@ -114,6 +120,10 @@ def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[s
         return model._attached["generator"](output)
     if method is not None:
         return getattr(module, method)(**batched, **kwargs)
+    ignored = sorted(_GENERATE_ONLY.intersection(kwargs))
+    if ignored:
+        raise InputError(f"trace() was given generate() arguments ({', '.join(ignored)}): a trace runs one "
+                         f"forward pass and would ignore them; use model.generate(..., {ignored[0]}=...).")
     if "position_ids" not in kwargs and _takes_position_ids(type(module)):
         # Left padding must not shift absolute positions (GPT-2): count real tokens only.
         kwargs["position_ids"] = (batched["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
@@ -162,6 +172,25 @@ def _ids_and_mask(value: Any, pad_id: Optional[int]) -> Tuple[torch.Tensor, torc
         raise InputError(f"attention_mask of shape {tuple(mask.shape)} does not match input_ids of "
                          f"shape {tuple(ids.shape)}.")
     return ids.long(), mask.long()
+
+
+def _check_vocabulary(module: torch.nn.Module, ids: torch.Tensor) -> None:
+    """Raise if a token id has no row in the input embedding (e.g. tokens added to the
+    tokenizer without resizing the model's embeddings).
+
+    Raises:
+        InputError: Naming the offending id and the vocabulary size.
+    """
+    embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None)
+    if size is None or ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise InputError(f"token id {bad} is outside the model's vocabulary of {size} ids (0-{size - 1}): "
+                         "give ids the tokenizer produced, or resize the embeddings after adding "
+                         "tokens (model._model.resize_token_embeddings(len(model.tokenizer))).")
 
 
 def _rows(rows: Any, pad: int) -> torch.Tensor:

@@ -1,0 +1,40 @@
+"""DiffusionModel passes the core's conformance suite (nnsight_core.testing.AdapterConformance)."""
+
+import pytest
+from nnsight_diffusers import DiffusionModel
+
+from nnsight_core.testing import AdapterConformance
+
+
+class TestStableDiffusionConformance(AdapterConformance):
+    module_path = "unet"
+    output_index = 0
+    # A fixed seed: every prompt starts from the same noise, batched or alone.
+    trace_kwargs = {"seed": 0, "output_type": "pt"}
+    atol = 1e-5
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, sd_folder):
+        self.folder = sd_folder
+
+    def make_model(self):
+        return DiffusionModel(self.folder)
+
+    def make_inputs(self):
+        return [("a photo of a cat",), (["the red dog", "a blue cat"],), ("a dog",)]
+
+
+class TestDiTConformance(AdapterConformance):
+    module_path = "transformer.transformer_blocks.0"
+    trace_kwargs = {"seed": 0, "output_type": "pt"}
+    atol = 1e-5
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, dit_folder):
+        self.folder = dit_folder
+
+    def make_model(self):
+        return DiffusionModel(self.folder)
+
+    def make_inputs(self):
+        return [(3,), ([0, 1],)]
