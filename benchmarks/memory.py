@@ -78,9 +78,8 @@ def _build(args: argparse.Namespace) -> Any:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from nnsight_transformers import LanguageModel
-    from nnsight_transformers.testing import tiny_llama_checkpoint
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_checkpoint())
+    tokenizer = AutoTokenizer.from_pretrained(args.folder)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=4 * args.hidden,
                          num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
@@ -156,11 +155,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-    shared = [f"--{k}={getattr(args, k)}" for k in ("invokes", "tokens", "hidden", "layers")]
+    from nnsight_transformers.testing import tiny_llama_checkpoint
+
+    args.folder = tiny_llama_checkpoint()        # its tokenizer, trained once for every process
+    shared = [f"--{k}={getattr(args, k)}" for k in ("invokes", "tokens", "hidden", "layers", "folder")]
     results: Dict[str, float] = {}
     exact = True
     for name in CASES:

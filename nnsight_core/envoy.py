@@ -295,7 +295,8 @@ def call_range(calls: Union[int, slice], where: str) -> Tuple[int, Optional[int]
     if isinstance(calls, int) and not isinstance(calls, bool):
         start, stop, step = calls, calls + 1, 1
     elif isinstance(calls, slice):
-        start, stop, step = calls.start or 0, calls.stop, calls.step or 1
+        start, stop = calls.start or 0, calls.stop
+        step = 1 if calls.step is None else calls.step
     else:
         raise InvokeError(f"{where}[...] takes a call index or a slice of calls (e.g. [1:3] or [:]), "
                           f"not {type(calls).__name__}.")

@@ -65,6 +65,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -485,8 +486,8 @@ def _reject_constant(name: str) -> Any:
 def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
-        keys = [k for k, _ in pairs]
-        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        counts = Counter(k for k, _ in pairs)
+        repeated = sorted(k for k, n in counts.items() if n > 1)
         raise GraphFormatError(f"the document repeats the key(s) {repeated} in one object; each key "
                                "may appear once.")
     return result
@@ -511,8 +512,8 @@ def _rows_problem(rows: Any, pair_types: Tuple[type, ...]) -> Optional[Tuple[str
     for k, pair in enumerate(rows):
         if not (type(pair) in pair_types and len(pair) == 2 and all(map(_is_int, pair))
                 and pair[0] == cursor and pair[1] > pair[0]):
-            return (f"rows[{k}]", f"expected [{cursor}, stop] with stop > {cursor} (invokes own "
-                                  f"consecutive rows from 0), got {_short(pair)}")
+            return (f"rows[{k}]", (f"expected [{cursor}, stop] with stop > {cursor} (invokes own "
+                                   f"consecutive rows from 0), got {_short(pair)}"))
         cursor = pair[1]
     return None
 
@@ -537,16 +538,16 @@ def _arguments_problem(op: str, target: Any, invoke: Optional[int], args: tuple,
     """
     arity = OPERATORS[target] if op == "operator" else _ARITY.get(op)
     if arity is not None and (len(args) != arity or kwargs):
-        return (".args", f"{op} takes exactly {arity} argument(s) and no keywords, got {len(args)} "
-                         f"and {len(kwargs)}")
+        return (".args", (f"{op} takes exactly {arity} argument(s) and no keywords, got {len(args)} "
+                          f"and {len(kwargs)}"))
     if op in _ON_NODE and (not args or type(args[0]) is not Node):
         return (".args[0]", f'{op} acts on a node: expected {{"node": i}}')
     if op in _FAMILY:
         current = args[0]
         if not (type(current) is Node and current.op in _FAMILY[op] and current.target == target
                 and current.invoke == invoke):
-            return (".args[0]", f"{op} replaces a module value: expected a node of the same module "
-                                f"value ({display_path(target[0])}, call {target[1]}, invoke {invoke})")
+            return (".args[0]", (f"{op} replaces a module value: expected a node of the same module "
+                                 f"value ({display_path(target[0])}, call {target[1]}, invoke {invoke})"))
     return None
 
 
@@ -645,19 +646,10 @@ class _Decoder:
                 raise self.fail(where, "a bool tensor holds only true and false")
             return data
         if dtype.is_floating_point:
-            values = []
-            for v in data:
-                kind = type(v)
-                if kind is str:
-                    v = _NONFINITE.get(v)
-                elif kind is float and not math.isfinite(v):
-                    v = None
-                elif kind is not int and kind is not float:
-                    v = None
-                if v is None:
-                    raise self.fail(where, 'a float tensor holds numbers and "nan", "inf", "-inf"; got '
-                                           f"{_short(data[len(values)])}")
-                values.append(v)
+            values = [_float_element(v) for v in data]
+            if None in values:
+                raise self.fail(where, 'a float tensor holds finite numbers and "nan", "inf", "-inf"; '
+                                       f"got {_short(data[values.index(None)])}")
             return values
         low, high = _INT_RANGES[dtype]
         if not all(type(v) is int and low <= v <= high for v in data):
@@ -815,6 +807,16 @@ _TAGS: Dict[str, Callable[..., Any]] = {
     "float": _Decoder._float, "dtype": _Decoder._dtype, "device": _Decoder._device,
     "size": _Decoder._size, "tensor": _Decoder._tensor_ref,
 }
+
+
+def _float_element(value: Any) -> Optional[float]:
+    """A float tensor's element from its JSON form, or None if it has none."""
+    kind = type(value)
+    if kind is str:
+        return _NONFINITE.get(value)
+    if kind is int or (kind is float and math.isfinite(value)):
+        return value
+    return None
 
 
 def _scalar(value: Any) -> bool:

@@ -670,3 +670,13 @@ def test_run_on_a_model_without_the_modules_raises():
     with model.trace(x):
         out = model.output.save()
     assert_same(out.value, other(x))
+
+
+def test_the_documented_example_document_is_valid():
+    doc = serialize.__doc__
+    block = doc[doc.index("The document (version 1)::"):].split("\n\n")[1]
+    text = "\n".join(line.split("#")[0] for line in block.splitlines())
+    graph = from_json(text)
+    assert [n.op for n in graph.nodes] == ["output", "operator", "call_function", "save"]
+    assert graph.nodes[2].target is torch.cat
+    assert math.isnan(graph.nodes[2].args[0][1][1])

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from nnsight_core import OPS, Graph, GraphFormatError
 from nnsight_core import serialize
 from nnsight_core.serialize import (DTYPES, FUNCTIONS, OPERATORS, TENSOR_METHODS, from_dict, from_json,
-                                    to_dict, to_json)
+                                    to_dict)
 
 from .test_serialize import ImportSentinel, every_op_graph, outcome
 

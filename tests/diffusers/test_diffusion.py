@@ -4,7 +4,7 @@ import pytest
 import torch
 from nnsight_diffusers import DiffusionModel
 
-from nnsight_core import InputError, ModelKeyError
+from nnsight_core import InputError, MissedCallError, ModelKeyError
 from nnsight_core.testing import hook_count
 
 from .conftest import generators, plain
@@ -268,3 +268,43 @@ def test_seed_and_generator_together_are_refused(sd_folder):
 def test_a_plain_module_is_refused():
     with pytest.raises(ModelKeyError, match="wrap a single module with NNsight"):
         DiffusionModel(torch.nn.Linear(2, 2))
+
+
+# -- every step, or a range of steps (the core's iteration) ----------------------------
+
+
+def test_all_saves_the_denoiser_at_every_step(sd_folder):
+    model = DiffusionModel(sd_folder)
+    with torch.no_grad(), model.generate(PROMPTS, seed=0, **RUN):
+        steps = model.unet.all().output[0].save()
+    seen, _ = run_plain(plain(sd_folder), PROMPTS)
+    assert len(steps.value) == STEPS
+    for got, want in zip(steps.value, seen, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_an_iteration_block_edits_later_steps_per_invoke(sd_folder):
+    """Steps 1 and 2 of the second invoke only: its rows 1 and 3 of each doubled batch."""
+    model = DiffusionModel(sd_folder)
+    with torch.no_grad(), model.generate(seed=0, **RUN) as tracer:
+        with tracer.invoke(PROMPTS[0]):
+            pass
+        with tracer.invoke(PROMPTS[1]):
+            with tracer.iter[1:]:
+                model.unet.output[0][:] = model.unet.output[0] * 0.9
+
+    def edit(call, sample):
+        if call >= 1:
+            sample[[1, 3]] *= 0.9
+
+    _, expected = run_plain(plain(sd_folder), PROMPTS, edit=edit)
+    torch.testing.assert_close(tracer.output.images, expected, rtol=0, atol=0)
+
+
+def test_a_step_that_never_happens_raises(sd_folder):
+    model = DiffusionModel(sd_folder)
+    with pytest.raises(MissedCallError, match=r"model\.unet\.output \(call 3\) never reached call 3: "
+                                              r"model\.unet ran 3 time"):
+        with torch.no_grad(), model.generate(PROMPTS[0], seed=0, **RUN):
+            model.unet.iter[3].output.save()
+    assert hook_count(model._model) == 0

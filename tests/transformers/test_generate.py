@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nnsight_core import EnvoyAttributeError, MissedCallError
+from nnsight_core import MissedCallError
 from nnsight_core.testing import hook_count
 
 from .conftest import LONG, MID, SHORT, raw_hooks
@@ -169,3 +169,44 @@ def forced_every_step_hook(token):
         output[:, -1, token] = 1e4
         return output
     return hook
+
+
+def test_all_saves_every_steps_logits(lm, tiny):
+    seen = []
+    expected = hf_generate(tiny, MID, {"lm_head": lambda m, a, out: seen.append(out[:, -1].clone())})
+    with torch.no_grad(), lm.generate(MID, max_new_tokens=STEPS, do_sample=False):
+        logits = lm.lm_head.all().output.t[-1].save()
+        ids = lm.generator.output.save()
+    assert torch.equal(ids.value, expected)
+    assert len(logits.value) == len(seen) == STEPS
+    for got, want in zip(logits.value, seen):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_an_iteration_block_edits_only_its_steps(lm, tiny):
+    token = 7
+    calls = []
+
+    def forced_at_steps_1_and_2(module, args, output):
+        calls.append(None)
+        if len(calls) - 1 in (1, 2):
+            output = output.clone()
+            output[:, -1, token] = 1e4
+        return output
+
+    expected = hf_generate(tiny, SHORT, {"lm_head": forced_at_steps_1_and_2})
+    with torch.no_grad(), lm.generate(SHORT, max_new_tokens=STEPS, do_sample=False) as tracer:
+        with tracer.iter[1:3]:
+            lm.lm_head.output[:, -1, token] = 1e4
+        ids = lm.generator.output.save()
+    assert torch.equal(ids.value, expected)
+    assert ids.value[0, -STEPS:].tolist()[1:3] == [token, token]
+
+
+def test_a_step_beyond_max_new_tokens_raises_naming_module_and_step(lm):
+    with pytest.raises(MissedCallError, match=r"model\.lm_head\.output \(calls 3, 4, 5, 6\) never reached "
+                                              r"call 5: model\.lm_head ran 5 time"):
+        with torch.no_grad(), lm.generate(SHORT, max_new_tokens=STEPS, do_sample=False) as tracer:
+            with tracer.iter[3:7]:
+                lm.lm_head.output.save()
+    assert hook_count(lm._model) == 0
