@@ -115,6 +115,7 @@ def write_back(full: Any, replaced: Dict[int, Any], narrowed: Dict[int, Any], ta
         where: Human-readable name of the module value, for error messages.
     """
     full_leaves, spec = pytree.tree_flatten(full)
+    invokes = len(next(iter(table.values())))
     segments: Dict[int, list] = {}
     for invoke, new in replaced.items():
         new_leaves, new_spec = pytree.tree_flatten(new)
@@ -130,6 +131,14 @@ def write_back(full: Any, replaced: Dict[int, Any], narrowed: Dict[int, Any], ta
                 continue
             ranges = table.get(old.shape[0]) if isinstance(old, torch.Tensor) and old.dim() > 0 else None
             if ranges is None:
+                if invokes > 1 and not _same(new_leaf, old):
+                    shape = tuple(old.shape) if isinstance(old, torch.Tensor) else type(old).__name__
+                    raise BatchError(
+                        f"{where}: invoke {invoke} changed a value that all {invokes} invokes share "
+                        f"({shape}: its dimension 0 is not the batch), so the edit would reach every "
+                        "invoke's result. Edit it in a trace with a single invoke, or edit a value "
+                        "with one row per batch item instead."
+                    )
                 full_leaves[k] = new_leaf
                 continue
             mine = ranges[invoke]
@@ -156,6 +165,18 @@ def write_back(full: Any, replaced: Dict[int, Any], narrowed: Dict[int, Any], ta
             pieces.append(old[cursor:])
         full_leaves[k] = torch.cat(pieces)
     return pytree.tree_unflatten(full_leaves, spec)
+
+
+def _same(new: Any, old: Any) -> bool:
+    """Whether a shared (not batch-first) leaf still holds its old value (e.g. an unedited copy)."""
+    if new is old:
+        return True
+    if isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor):
+        return new.shape == old.shape and new.dtype == old.dtype and bool(torch.equal(new, old.to(new.device)))
+    try:
+        return bool(new == old)
+    except Exception:  # noqa: BLE001 - values that cannot be compared count as changed
+        return False
 
 
 def map_structure(value: Any, fn) -> Any:

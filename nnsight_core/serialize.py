@@ -66,10 +66,11 @@ import json
 import math
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ._tree import map_structure
 from .errors import EnvoyAttributeError, GraphFormatError, InvokeError
 from .graph import EMPTY, MODULE_VALUE_OPS, OPS, Graph, Node, display_path
 from .interleaver import Interleaver
@@ -296,7 +297,8 @@ class _Encoder:
         problem = _invoke_problem(node.invoke, node.op, self.invokes)
         if problem is not None:
             raise self._fail(f"invoke: {problem}")
-        arguments = _arguments_problem(node.op, node.target, node.invoke, node.args, node.kwargs)
+        arguments = _arguments_problem(node.op, node.target, node.invoke, node.args, node.kwargs,
+                                       _node_facts)
         if arguments is not None:
             raise self._fail(arguments[1])
 
@@ -493,6 +495,10 @@ def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     return result
 
 
+def _node_facts(value: Any) -> Optional[Tuple[str, Any, Optional[int]]]:
+    return (value.op, value.target, value.invoke) if type(value) is Node else None
+
+
 def _attribute_ok(name: Any) -> bool:
     return type(name) is str and _IDENTIFIER.fullmatch(name) is not None and name not in _DENIED_ATTRIBUTES
 
@@ -529,35 +535,61 @@ def _invoke_problem(invoke: Any, op: str, invokes: int) -> Optional[str]:
             f"{'' if op in MODULE_VALUE_OPS else ' or no invoke'}, got {_short(invoke)}")
 
 
-def _arguments_problem(op: str, target: Any, invoke: Optional[int], args: tuple,
-                       kwargs: dict) -> Optional[Tuple[str, str]]:
+def _arguments_problem(op: str, target: Any, invoke: Optional[int], args: tuple, kwargs: dict,
+                       facts: Callable[[Any], Optional[Tuple[str, Any, Optional[int]]]]
+                       ) -> Optional[Tuple[str, str]]:
     """What is wrong with a node's arguments, as (field suffix, problem), or None.
 
-    Recorded graphs always pass; the checks keep a document from building a node
-    that its op cannot run on (wrong arity, an edit of another module value).
+    ``facts(arg)`` is ``(op, target, invoke)`` of the node an argument refers to,
+    or None when it is not a node reference. Recorded graphs always pass; the
+    checks keep a document from making a node its op cannot run on (wrong
+    arity, an edit of another module value).
     """
     arity = OPERATORS[target] if op == "operator" else _ARITY.get(op)
     if arity is not None and (len(args) != arity or kwargs):
         return (".args", (f"{op} takes exactly {arity} argument(s) and no keywords, got {len(args)} "
                           f"and {len(kwargs)}"))
-    if op in _ON_NODE and (not args or type(args[0]) is not Node):
+    first = facts(args[0]) if args else None
+    if op in _ON_NODE and first is None:
         return (".args[0]", f'{op} acts on a node: expected {{"node": i}}')
     if op in _FAMILY:
-        current = args[0]
-        if not (type(current) is Node and current.op in _FAMILY[op] and current.target == target
-                and current.invoke == invoke):
+        if first is None or first[0] not in _FAMILY[op] or first[1:] != (target, invoke):
             return (".args[0]", (f"{op} replaces a module value: expected a node of the same module "
                                  f"value ({display_path(target[0])}, call {target[1]}, invoke {invoke})"))
     return None
 
 
+class _Ref:
+    """A checked reference to an earlier node (``kind`` "node") or to a tensor entry."""
+
+    __slots__ = ("kind", "index")
+
+    def __init__(self, kind: str, index: int) -> None:
+        self.kind = kind
+        self.index = index
+
+
+class _NodeSpec(NamedTuple):
+    """One node, checked but not built: its arguments hold :class:`_Ref` for nodes and tensors."""
+
+    op: str
+    target: Any
+    invoke: Optional[int]
+    args: tuple
+    kwargs: dict
+
+
 class _Decoder:
-    """Checks one document field by field and builds its graph; every failure names the field."""
+    """Checks a whole document field by field, then builds its graph; every failure names the field.
+
+    Nothing is built (no tensor, no node) until every field has passed.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.graph = Graph()
-        self.tensors: List[torch.Tensor] = []
+        self.rows: List[Tuple[int, int]] = []
+        self.tensors: List[Tuple[List[Any], torch.dtype, List[int]]] = []
+        self.nodes: List[_NodeSpec] = []
 
     def fail(self, where: str, problem: str) -> GraphFormatError:
         if len(where) > 100:  # a deeply nested value: keep the start and the end of its path
@@ -585,9 +617,26 @@ class _Decoder:
         for k, entry in enumerate(tensors):
             self.tensors.append(self._tensor(entry, f"tensors[{k}]"))
         for i, entry in enumerate(nodes):
-            self._node(entry, i)
-        self.graph.recording = False
-        return self.graph
+            self.nodes.append(self._node(entry, i))
+        return self._build()
+
+    def _build(self) -> Graph:
+        tensors = [torch.tensor(values, dtype=dtype, device=self.device).reshape(shape)
+                   for values, dtype, shape in self.tensors]
+        graph = Graph()
+        graph.rows = list(self.rows)
+        graph.batch_size = self.rows[-1][1] if self.rows else 0
+
+        def resolve(value: Any) -> Any:
+            if type(value) is not _Ref:
+                return value
+            return graph.nodes[value.index] if value.kind == "node" else tensors[value.index]
+
+        for spec in self.nodes:
+            graph.create_node(spec.op, spec.target, map_structure(spec.args, resolve),
+                              map_structure(spec.kwargs, resolve), invoke=spec.invoke)
+        graph.recording = False
+        return graph
 
     def _keys(self, entry: Dict[str, Any], where: str, allowed: frozenset, required: set) -> None:
         unknown = sorted(str(k) for k in entry if k not in allowed)
@@ -603,12 +652,11 @@ class _Decoder:
         problem = _rows_problem(rows, (list,))
         if problem is not None:
             raise self.fail(*problem)
-        self.graph.rows = [tuple(pair) for pair in rows]
-        self.graph.batch_size = rows[-1][1] if rows else 0
+        self.rows = [(start, stop) for start, stop in rows]
 
     # -- tensors ----------------------------------------------------------------------
 
-    def _tensor(self, entry: Any, where: str) -> torch.Tensor:
+    def _tensor(self, entry: Any, where: str) -> Tuple[List[Any], torch.dtype, List[int]]:
         if type(entry) is not dict:
             raise self.fail(where, f"expected an object with dtype, shape and data, got {_kind(entry)}")
         self._keys(entry, where, _TENSOR_KEYS, set(_TENSOR_KEYS))
@@ -622,8 +670,7 @@ class _Decoder:
             got = f"{len(data)} values" if type(data) is list else _kind(data)
             raise self.fail(f"{where}.data", f"expected a flat list of {numel} values (the product of "
                                              f"the shape {shape}), got {got}")
-        values = self._elements(data, dtype, f"{where}.data")
-        return torch.tensor(values, dtype=dtype, device=self.device).reshape(shape)
+        return self._elements(data, dtype, f"{where}.data"), dtype, shape
 
     def _shape(self, shape: Any, where: str) -> List[int]:
         if type(shape) is not list or len(shape) > MAX_TENSOR_DIMS:
@@ -658,7 +705,7 @@ class _Decoder:
 
     # -- nodes ------------------------------------------------------------------------
 
-    def _node(self, entry: Any, index: int) -> None:
+    def _node(self, entry: Any, index: int) -> _NodeSpec:
         where = f"nodes[{index}]"
         if type(entry) is not dict:
             raise self.fail(where, f"expected an object, got {_kind(entry)}")
@@ -675,13 +722,19 @@ class _Decoder:
             raise self.fail(f"{where}.kwargs", f"expected an object (string keys), got {_kind(raw_kwargs)}")
         args = tuple(self._value(a, f"{where}.args[{k}]", 0, index) for k, a in enumerate(raw_args))
         kwargs = {k: self._value(v, f"{where}.kwargs.{k}", 0, index) for k, v in raw_kwargs.items()}
-        problem = _arguments_problem(op, target, invoke, args, kwargs)
+        problem = _arguments_problem(op, target, invoke, args, kwargs, self._facts)
         if problem is not None:
             raise self.fail(where + problem[0], problem[1])
-        self.graph.create_node(op, target, args, kwargs, invoke=invoke)
+        return _NodeSpec(op, target, invoke, args, kwargs)
+
+    def _facts(self, value: Any) -> Optional[Tuple[str, Any, Optional[int]]]:
+        if type(value) is not _Ref or value.kind != "node":
+            return None
+        spec = self.nodes[value.index]
+        return spec.op, spec.target, spec.invoke
 
     def _invoke(self, invoke: Any, op: str, where: str) -> Optional[int]:
-        problem = _invoke_problem(invoke, op, len(self.graph.rows))
+        problem = _invoke_problem(invoke, op, len(self.rows))
         if problem is not None:
             raise self.fail(where, problem)
         return invoke
@@ -740,13 +793,13 @@ class _Decoder:
             raise self.fail(where, f"expected a list, got {_kind(payload)}")
         return [self._value(v, f"{where}[{k}]", depth + 1, index) for k, v in enumerate(payload)]
 
-    def _node_ref(self, payload: Any, where: str, depth: int, index: int) -> Node:
+    def _node_ref(self, payload: Any, where: str, depth: int, index: int) -> _Ref:
         if not _is_int(payload) or not 0 <= payload < index:
             earlier = f"0 to {index - 1}" if index else "none: it is the first node"
             raise self.fail(where, f"a node may only refer to an earlier node ({earlier}), got "
                                    f"{_short(payload)}; references forward, to the node itself or out "
                                    "of range would make cycles or dangle")
-        return self.graph.nodes[payload]
+        return _Ref("node", payload)
 
     def _tuple(self, payload: Any, where: str, depth: int, index: int) -> tuple:
         return tuple(self._items(payload, where, depth, index))
@@ -794,11 +847,11 @@ class _Decoder:
             raise self.fail(where, f"expected at most {MAX_TENSOR_DIMS} sizes >= 0, got {_short(payload)}")
         return torch.Size(payload)
 
-    def _tensor_ref(self, payload: Any, where: str, depth: int, index: int) -> torch.Tensor:
+    def _tensor_ref(self, payload: Any, where: str, depth: int, index: int) -> _Ref:
         if not _is_int(payload) or not 0 <= payload < len(self.tensors):
             raise self.fail(where, f"expected an index into tensors (0 to {len(self.tensors) - 1}), got "
                                    f"{_short(payload)}")
-        return self.tensors[payload]
+        return _Ref("tensor", payload)
 
 
 _TAGS: Dict[str, Callable[..., Any]] = {

@@ -680,3 +680,14 @@ def test_the_documented_example_document_is_valid():
     assert [n.op for n in graph.nodes] == ["output", "operator", "call_function", "save"]
     assert graph.nodes[2].target is torch.cat
     assert math.isnan(graph.nodes[2].args[0][1][1])
+
+
+def test_nothing_is_built_before_the_whole_document_passed(monkeypatch):
+    built = []
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: built.append("tensor"))
+    monkeypatch.setattr(Graph, "create_node", lambda *a, **k: built.append("node"))
+    document = with_node({"op": "save", "args": [{"node": 0}]})
+    document["nodes"].append({"op": "call_function", "target": "os.system", "args": ["x"]})
+    with pytest.raises(GraphFormatError, match=r"nodes\[2\]\.target"):
+        from_dict(document)
+    assert built == []

@@ -222,10 +222,6 @@ def test_edit_of_a_value_outside_the_batch_takes_effect_with_one_invoke():
     torch.testing.assert_close(out.value, expected, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "nnsight_core/_tree.py write_back replaces a leaf that is not batch-first with the last "
-    "invoke's value, so invoke 0's edit is silently overwritten; the check belongs in write_back, "
-    "which the lead is rewriting for classifier-free guidance (see the report)."))
 def test_conflicting_edits_of_a_value_outside_the_batch_raise():
     x = _positional_inputs()
     model = NNsight(Positional())
@@ -241,9 +237,6 @@ def test_conflicting_edits_of_a_value_outside_the_batch_raise():
         raise AssertionError("invoke 0's edit of a value shared by all invokes was silently dropped")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "nnsight_core/_tree.py write_back applies one invoke's edit of a value that is not batch-first "
-    "to every invoke (the other invokes' rows silently change); see the report."))
 def test_one_invokes_edit_of_a_value_outside_the_batch_raises():
     x = _positional_inputs()
     model = NNsight(Positional())
