@@ -27,8 +27,9 @@ resident set size; after the case it reads the high-water mark (``VmHWM``). The
 table shows the difference, the extra memory the case needed at its peak, as the
 median over ``--repeats`` processes, and its ratio to ``plain``. Where
 ``clear_refs`` is not writable it falls back to ``ru_maxrss``, which also counts
-the set-up's own peak. RSS counts what the C allocator holds, so small cases
-read a few MiB of allocator noise.
+the set-up's own peak. The children run with a fixed glibc mmap threshold
+(``MALLOC_MMAP_THRESHOLD_``), so large freed blocks go back to the system at once
+and RSS follows the live tensors; a few MiB of allocator noise remain.
 
 A saved value that is a view (``t[-1]`` of an invoke's rows) keeps the whole
 batched tensor it views alive, as any PyTorch view does: compare ``lens`` with
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import statistics
@@ -164,13 +166,18 @@ def main() -> None:
 
     args.folder = tiny_llama_checkpoint()        # its tokenizer, trained once for every process
     shared = [f"--{k}={getattr(args, k)}" for k in ("invokes", "tokens", "hidden", "layers", "folder")]
+    # A fixed mmap threshold: glibc then returns every large freed block at once, instead of
+    # raising the threshold and keeping such blocks in its heap, so RSS follows live tensors.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     results: Dict[str, float] = {}
     exact = True
     for name in CASES:
         runs = []
         for _ in range(args.repeats):
             out = subprocess.run([sys.executable, __file__, f"--child={name}", *shared],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, env=env)
+            if out.returncode:
+                sys.exit(f"case {name!r} failed:\n{out.stderr[-3000:]}")
             report = json.loads(out.stdout.strip().splitlines()[-1])
             runs.append(report["extra_kib"] / 1024)
             exact = exact and report["exact"]

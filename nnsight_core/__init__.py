@@ -7,9 +7,11 @@ and register under the ``nnsight_core`` entry-point group.
 
 from __future__ import annotations
 
+from .cache import Cache, CacheEntry
 from .envoy import Envoy
-from .errors import (AdapterNotFoundError, AssignmentError, BatchError, EnvoyAttributeError, GraphFormatError,
-                     GraphvizNotFoundError,
+from .errors import (AdapterNotFoundError, AssignmentError, BatchError, CacheError, CacheKeyError,
+                     EnvoyAttributeError, GraphFormatError,
+                     GradientError, GraphvizNotFoundError,
                      ImageFormatError, InputError, InterventionError, InvokeError, MissedCallError,
                      ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError,
                      PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, TokenIndexError,
@@ -20,6 +22,7 @@ from .interleaver import Interleaver
 from .model import NNsightModel
 from .plugins import get_plugin_manager
 from .proxy import InterventionProxy, Proxy
+from .session import Session
 from .tracer import Invoker, Runner
 
 __version__ = "0.1.0"
@@ -28,9 +31,14 @@ __all__ = [
     "AdapterNotFoundError",
     "AssignmentError",
     "BatchError",
+    "Cache",
+    "CacheEntry",
+    "CacheError",
+    "CacheKeyError",
     "Envoy",
     "EnvoyAttributeError",
     "Graph",
+    "GradientError",
     "GraphFormatError",
     "GraphvizNotFoundError",
     "ImageFormatError",
@@ -54,6 +62,7 @@ __all__ = [
     "ProxyControlFlowError",
     "ProxyScopeError",
     "Runner",
+    "Session",
     "TokenIndexError",
     "TraceStateError",
     "ValueNotSetError",

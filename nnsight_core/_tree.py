@@ -28,18 +28,25 @@ def tree_map(fn: Callable[[Any], Any], value: Any) -> Any:
     """``pytree.tree_map``, also for mappings whose registered unflatten cannot rebuild them.
 
     diffusers registers its output classes with a flatten that drops ``None``
-    fields and an unflatten that then misses them; such a mapping is copied
-    and its values mapped one by one instead.
+    fields and an unflatten that then misses them, and pytree treats mappings
+    it does not know (transformers' ``BatchEncoding``) as single leaves; such
+    a mapping is copied and its values mapped one by one instead.
     """
     try:
-        return pytree.tree_map(fn, value)
+        return pytree.tree_map(lambda leaf: _map_mapping(fn, leaf) if isinstance(leaf, MutableMapping)
+                               else fn(leaf), value)
     except TypeError:
         if not isinstance(value, MutableMapping):
             raise
-        result = copy.copy(value)
-        for key, item in value.items():
-            result[key] = tree_map(fn, item)
-        return result
+        return _map_mapping(fn, value)
+
+
+def _map_mapping(fn: Callable[[Any], Any], value: MutableMapping) -> Any:
+    """A copy of a mapping pytree does not know (or cannot rebuild), with ``fn`` mapped over its values."""
+    result = copy.copy(value)
+    for key, item in value.items():
+        result[key] = tree_map(fn, item)
+    return result
 
 
 def is_batch_first(value: Any, batch_size: int) -> bool:

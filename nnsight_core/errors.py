@@ -30,6 +30,9 @@ __all__ = [
     "ImageFormatError",
     "PluginLoadError",
     "GraphFormatError",
+    "CacheError",
+    "CacheKeyError",
+    "GradientError",
 ]
 
 
@@ -119,3 +122,19 @@ class PluginLoadError(NNsightError, ImportError):
 
 class GraphFormatError(NNsightError, ValueError):
     """Raised when a graph cannot be written as JSON, or a JSON document is not a valid graph."""
+
+
+class GradientError(NNsightError, RuntimeError):
+    """Raised when a gradient is read, assigned or computed where autograd cannot provide it."""
+
+
+class CacheError(NNsightError, ValueError):
+    """Raised when ``tracer.cache()`` gets modules or options it cannot use, or cannot estimate its memory."""
+
+
+class CacheKeyError(NNsightError, KeyError):
+    """Raised when a cache is asked for a module it does not hold."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; this one is a sentence.
+        return str(self.args[0]) if self.args else ""

@@ -11,7 +11,7 @@ kwargs)``, so those ops are also the Interleaver's override points.
 from __future__ import annotations
 
 import linecache
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 __all__ = ["Graph", "Node", "Iteration", "OPS", "MODULE_VALUE_OPS", "EMPTY", "display_path"]
 
@@ -35,6 +35,16 @@ OPS: Dict[str, str] = {
     "call_function": "A torch function (recorded through __torch_function__). target: the function.",
     "call_module": "An ad-hoc call of a submodule, not hooked. target: module path; args: call arguments.",
     "save": "Keep args[0]'s value after the trace. args: (value,).",
+    "grad": "The gradient of args[0] (a tensor) in the first `backward` recorded after this node; "
+    "a tensor hook supplies it while that backward pass runs. args: (value,).",
+    "set_grad": "Replace a gradient while the backward pass runs (what flows on to earlier values). "
+    "args: (the grad node, new gradient).",
+    "backward": "Run autograd's backward pass from args[0] (tensor.backward). args: (tensor, *backward "
+    "args); kwargs: backward's keywords (retain_graph=...).",
+    "apply": "A Python function given by the user (tracer.apply, tracer.log), called on concrete "
+    "values. target: the function; args/kwargs: its arguments.",
+    "stop": "End the execution early (tracer.stop). args: the nodes that must run first; the model "
+    "computes nothing after it.",
 }
 
 #: Ops whose value belongs to one module call; they run inside that module's hook.
@@ -138,7 +148,8 @@ class Node:
 
     __slots__ = (
         "graph", "index", "op", "target", "args", "kwargs", "deps", "users", "invoke",
-        "saved", "where", "value", "done", "mutated", "iteration", "_pending", "_uses_left", "_flat",
+        "saved", "where", "value", "done", "mutated", "iteration", "cond", "skipped", "_pending",
+        "_uses_left", "_flat",
     )
 
     def __init__(self, graph: Graph, index: int, op: str, target: Any, args: tuple,
@@ -161,6 +172,10 @@ class Node:
         self.mutated = False
         #: The Iteration this node is a template of, or None for a node that runs once.
         self.iteration: Optional[Iteration] = None
+        #: The condition node of the ``tracer.cond`` block that recorded it (it runs only if true).
+        self.cond: Optional[Node] = None
+        #: Set while running when the node's condition was false (or an argument was skipped).
+        self.skipped = False
         self._pending = len(deps)
         self._uses_left = 0
         self._flat = flat
@@ -224,6 +239,11 @@ class Graph:
         fed: ``(op, module path, call)`` to the ``output``/``inputs`` nodes fed by that hook event.
         edits: ``(op, module path, call)`` to nodes that must run inside that event.
         iterations: The :class:`Iteration` blocks whose template nodes run once per call.
+        optional: Indices of nodes allowed not to run, e.g. the cache entries of modules
+            that did not run (``tracer.cache()``).
+        conds: Condition nodes of the ``tracer.cond`` blocks open while recording (innermost last).
+        guarded: Whether any node is conditional (execution then checks conditions).
+        gradients: The ``grad`` nodes, in recording order.
         recording: True while the user's code is still adding nodes.
     """
 
@@ -235,12 +255,22 @@ class Graph:
         self.fed: Dict[Tuple[str, str, int], List[Node]] = {}
         self.edits: Dict[Tuple[str, str, int], List[Node]] = {}
         self.iterations: List[Iteration] = []
+        self.optional: Set[int] = set()
+        self.conds: List[Node] = []
+        self.guarded = False
+        self.gradients: List[Node] = []
         self.recording = True
         self._copies_from: Optional[int] = None  # index of the first node copied from a template
 
     def create_node(self, op: str, target: Any, args: tuple = (), kwargs: Optional[dict] = None,
-                    invoke: Optional[int] = None, where: Optional[Tuple[str, int]] = None) -> Node:
-        """Append a node; ``args``/``kwargs`` may nest other nodes of this graph."""
+                    invoke: Optional[int] = None, where: Optional[Tuple[str, int]] = None,
+                    cond: Any = EMPTY) -> Node:
+        """Append a node; ``args``/``kwargs`` may nest other nodes of this graph.
+
+        ``cond`` is the condition node the new node runs under; by default the
+        innermost open ``tracer.cond`` block's (module values fed by hooks are
+        never conditional).
+        """
         if op not in OPS:
             raise ValueError(f"unknown graph operation {op!r}; the vocabulary is {sorted(OPS)}")
         kwargs = kwargs or {}
@@ -254,8 +284,15 @@ class Graph:
                 flat = False
         if kwargs and _collect(kwargs, deps):
             flat = False
+        if cond is EMPTY:
+            cond = self.conds[-1] if self.conds and op not in _FED_OPS else None
+        if cond is not None:
+            deps[cond.index] = cond
         node = Node(self, len(self.nodes), op, target, args if type(args) is tuple else tuple(args),
                     kwargs, tuple(deps.values()), invoke, where, flat)
+        if cond is not None:
+            node.cond = cond
+            self.guarded = True
         for dep in node.deps:
             dep.users.append(node)
         self.nodes.append(node)
@@ -271,6 +308,12 @@ class Graph:
                 self.edits.setdefault(key, []).append(node)
                 if root.op in _FED_OPS:
                     root.mutated = True
+        elif op == "grad":
+            self.gradients.append(node)
+            root = _mutation_root(args[0] if args else None)
+            if root is not None and root.op in _FED_OPS:
+                # Its gradient hook needs the invoke's own copy of the rows on the model's path.
+                root.mutated = True
         return node
 
     def iteration(self, start: int = 0, stop: Optional[int] = None, step: int = 1) -> Iteration:
@@ -300,7 +343,8 @@ class Graph:
             if template.op in MODULE_VALUE_OPS and target[1] is iteration:
                 target = (target[0], call)
             node = self.create_node(template.op, target, _map_nodes(template.args, bind),
-                                    _map_nodes(template.kwargs, bind), template.invoke, template.where)
+                                    _map_nodes(template.kwargs, bind), template.invoke, template.where,
+                                    cond=_map_nodes(template.cond, bind))
             node.saved = template.saved
             copies[template.index] = node
             created.append(node)
@@ -359,6 +403,9 @@ class Graph:
         hence a valid heap.
         """
         ready = []
+        if self.guarded:
+            for node in self.nodes:
+                node.skipped = False
         if self.iterations:
             return self._reset_with_iterations()
         for node in self.nodes:

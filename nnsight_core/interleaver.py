@@ -27,14 +27,23 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils import _pytree as pytree
 
+from ._grad import DEFERRED, Gradients, run_backward
 from ._tree import clone, narrow, row_table, write_back
 from .errors import (AssignmentError, BatchError, InterventionError, MissedCallError, NNsightError,
                      OutOfOrderEditError)
 from .graph import EMPTY, Graph, Iteration, Node, display_path
 
-__all__ = ["Interleaver"]
+__all__ = ["Interleaver", "StopExecution"]
 
 _UNCHANGED = object()
+
+
+class StopExecution(BaseException):
+    """Raised by a ``stop`` node to end the model's execution early (``tracer.stop()``).
+
+    A ``BaseException``, so model code that catches ``Exception`` lets it
+    through; :meth:`NNsightModel.interleave` catches it.
+    """
 
 
 class _Event:
@@ -57,7 +66,8 @@ class Interleaver:
 
     Override points: one method per graph operation (``operator``, ``getitem``,
     ``setitem``, ``getattr``, ``call_method``, ``call_function``,
-    ``call_module``, ``save``, ``set_output``, ``set_inputs``, ``set_input``),
+    ``call_module``, ``save``, ``set_output``, ``set_inputs``, ``set_input``, ``grad``,
+    ``set_grad``, ``backward``),
     each called as ``method(node, args, kwargs)`` with concrete arguments.
     """
 
@@ -71,10 +81,13 @@ class Interleaver:
         self._open: Dict[Tuple[str, str, int], _Event] = {}
         self._ready: List[int] = []
         self._bypass = 0
+        # Gradient hooks and which backward pass feeds each grad node (None: no grad node).
+        self._grads = Gradients(graph) if graph.gradients else None
         self._thread = threading.get_ident()
         batch = graph.batch_size
         self._table = row_table(graph.rows, batch, graph.layouts)
         self._whole = len(graph.rows) == 1 and graph.rows[0] == (0, batch)
+        self._guarded = graph.guarded
         # (event kind, module path) -> the iterations whose templates that event starts copying.
         self._iterating: Dict[Tuple[str, str], List[Iteration]] = {}
         for iteration in graph.iterations:
@@ -104,7 +117,9 @@ class Interleaver:
             self.graph.drop_instances()
 
     def remove_hooks(self) -> None:
-        """Restore every hooked module's ``forward`` (idempotent)."""
+        """Restore every hooked module's ``forward`` and remove gradient hooks (idempotent)."""
+        if self._grads is not None:
+            self._grads.remove_hooks()
         while self._restore:
             module, previous = self._restore.pop()
             if previous is None:
@@ -216,6 +231,9 @@ class Interleaver:
             self._run(nodes[heappop(ready)])
 
     def _run(self, node: Node) -> None:
+        if self._guarded and self._skips(node):
+            self._skip(node)
+            return
         if node._flat:
             args = tuple([a.value if type(a) is Node else a for a in node.args])
             kwargs = node.kwargs
@@ -236,6 +254,8 @@ class Interleaver:
             dep._uses_left -= 1
             if dep._uses_left == 0 and not dep.saved:
                 dep.value = EMPTY
+        if value is DEFERRED:
+            return  # a hook feeds the value later (a gradient, during its backward pass)
         node.done = True
         if node.users or node.saved:
             node.value = value
@@ -244,15 +264,46 @@ class Interleaver:
                 if user._pending == 0:
                     heappush(self._ready, user.index)
 
+    def _skip(self, node: Node) -> None:
+        """Mark ``node`` as not run (its condition is false); its users are skipped in turn."""
+        for dep in node.deps:
+            dep._uses_left -= 1
+            if dep._uses_left == 0 and not dep.saved:
+                dep.value = EMPTY
+        node.done = node.skipped = True
+        for user in node.users:
+            user._pending -= 1
+            if user._pending == 0:
+                heappush(self._ready, user.index)
+
+    def _skips(self, node: Node) -> bool:
+        """Whether ``node`` must not run: its condition is false, or an argument was skipped."""
+        for dep in node.deps:
+            if dep.skipped:
+                return True
+        cond = node.cond
+        if cond is None:
+            return False
+        try:
+            return not bool(cond.value)
+        except Exception as error:  # noqa: BLE001 - reported with the condition's line
+            at = cond.source()
+            raise InterventionError(
+                f"the condition of tracer.cond ({cond.describe()}{', recorded at ' + at if at else ''}) "
+                f"is not a single true/false value: {type(error).__name__}: {error}. Reduce it to one "
+                "element, e.g. `(h > 0).all()` or `h[0, 0] > 0`."
+            ) from error
+
     def check_complete(self) -> None:
         """Raise if any node waited on a module call that never happened.
 
         Raises:
             MissedCallError: Naming the module, the call and how often it ran.
         """
+        optional = self.graph.optional
         for (kind, path, call), nodes in self.graph.fed.items():
             for node in nodes:
-                if not node.done:
+                if not node.done and node.index not in optional:
                     ran = self._calls.get((kind, path), 0)
                     attr = "output" if kind == "output" else "input"
                     if ran == 0:
@@ -267,8 +318,10 @@ class Interleaver:
                     )
         for iteration in self.graph.iterations:
             self._check_iteration(iteration)
+        if self._grads is not None:
+            self._grads.check_complete()
         for node in self.graph.nodes:
-            if not node.done and node.iteration is None:
+            if not node.done and node.iteration is None and node.index not in optional:
                 raise MissedCallError(f"{node.describe()} never ran: one of its inputs was never computed")
 
     def _check_iteration(self, iteration: Iteration) -> None:
@@ -314,6 +367,21 @@ class Interleaver:
 
     def save(self, node: Node, args: tuple, kwargs: dict) -> Any:
         return args[0]
+
+    def apply(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return node.target(*args, **kwargs)
+
+    def stop(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        raise StopExecution(node)
+
+    def grad(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return self._grads.register(self, node, args[0])
+
+    def set_grad(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        return self._grads.assign(node, node.args[0], args[0], args[1])
+
+    def backward(self, node: Node, args: tuple, kwargs: dict) -> None:
+        run_backward(node, args, kwargs, self._grads)
 
     def call_module(self, node: Node, args: tuple, kwargs: dict) -> Any:
         module = self.module(node.target)

@@ -17,9 +17,11 @@ from . import _state
 from .envoy import Envoy
 from .errors import InputError, TraceStateError
 from .graph import Graph
-from .interleaver import Interleaver
+from .edits import EditRunner
+from .interleaver import Interleaver, StopExecution
 from .plugins import call_hook
 from .proxy import InterventionProxy, Proxy
+from .session import Session
 from .tracer import Invoker, Runner
 
 __all__ = ["NNsightModel"]
@@ -61,6 +63,8 @@ class NNsightModel:
     """
 
     proxy_class: type = InterventionProxy
+    #: Graphs of the persistent edits every trace applies (see :meth:`edit`); set per instance.
+    _edits: Tuple[Graph, ...] = ()
 
     def __init__(self, model_key: Any, *args: Any, dispatch: bool = False, **kwargs: Any) -> None:
         d = self.__dict__
@@ -107,6 +111,10 @@ class NNsightModel:
             if not inputs and not invoker_args:
                 raise InputError("trace(trace=False) runs the model at once and needs inputs: "
                                  "pass them, e.g. model.trace(x, trace=False).")
+            if self._edits:  # persistent edits apply to every execution, so run them in a trace
+                with self.trace(*inputs, invoker_args=invoker_args, **kwargs) as runner:
+                    pass
+                return runner.output
             prepared, size = self._prepare_inputs(inputs, invoker_args)
             batched = self._batch_inputs([prepared], [size])
             if not self.dispatched:
@@ -126,6 +134,68 @@ class NNsightModel:
                                   "`with model.trace() as tracer:`.")
         return runner.invoke(*inputs, **kwargs)
 
+    # -- sessions and persistent edits --------------------------------------------------
+
+    def session(self) -> Session:
+        """A block of traces in which a later trace can use any value of an earlier one.
+
+        Every trace run inside the block keeps all its values, saved or not,
+        until the block ends; then the unsaved ones are freed.
+
+        Example:
+            >>> with model.session():
+            ...     with model.trace(clean):
+            ...         hidden = model.layer1.output             # no .save() needed
+            ...     with model.trace(corrupted):
+            ...         model.layer1.output = hidden
+            ...         out = model.output.save()
+
+        Returns:
+            The :class:`~nnsight_core.session.Session` context.
+
+        Raises:
+            TraceStateError: On entering it inside a trace or inside another session.
+        """
+        return Session(self)
+
+    def edit(self, *, inplace: bool = False) -> EditRunner:
+        """Record interventions that every later trace applies (nnsight's persistent edits).
+
+        Inside ``with model.edit() as edited:`` interventions are written on
+        ``model`` as in a trace with one invoke and no inputs; nothing runs.
+        Each invoke of a later trace of ``edited`` starts with them, before its
+        own interventions. ``edited`` is a new wrapper of the same module (a
+        lazily loaded model is loaded first, so both share the weights) and
+        ``model`` is unaffected; with ``inplace=True`` the edit goes to ``model``
+        itself and the block returns ``model``. Edits add up; :meth:`clear_edits`
+        removes them.
+
+        Example:
+            >>> with model.edit() as edited:
+            ...     model.layer1.output[:, 0] = 0
+            >>> with edited.trace(x):
+            ...     out = edited.output.save()            # computed with the edit
+
+        Args:
+            inplace: Apply the edit to this wrapper instead of a new one.
+
+        Returns:
+            The :class:`~nnsight_core.edits.EditRunner` context; entering it gives the edited wrapper.
+
+        Raises:
+            TraceStateError: ``.save()`` inside the block (values of an edit belong to no one trace).
+            InvokeError: ``invoke()`` inside the block (an edit applies to every invoke).
+        """
+        return EditRunner(self, inplace)
+
+    def clear_edits(self) -> None:
+        """Remove every persistent edit of this wrapper (see :meth:`edit`).
+
+        Example:
+            >>> model.clear_edits()
+        """
+        self.__dict__.pop("_edits", None)
+
     def interleave(self, fn: Callable[..., Any], intervention_graph: Graph, *inputs: Any,
                    **kwargs: Any) -> Any:
         """Run ``fn(*inputs, **kwargs)`` with ``intervention_graph`` interleaved.
@@ -144,7 +214,10 @@ class NNsightModel:
                 self.dispatch_model()
             interleaver = Interleaver(intervention_graph, self._model, self._attached)
             with interleaver:
-                output = fn(*inputs, **kwargs)
+                try:
+                    output = fn(*inputs, **kwargs)
+                except StopExecution:
+                    return None  # tracer.stop(): what ran is kept, nothing after it is checked
             interleaver.check_complete()
         return output
 

@@ -12,6 +12,7 @@ import operator
 from typing import Any, Optional
 
 from . import _state
+from ._grad import check_recordable
 from ._tree import map_structure
 from .errors import ProxyCallError, ProxyControlFlowError, ProxyScopeError, TraceStateError, ValueNotSetError
 from .graph import EMPTY, Graph, Node
@@ -41,6 +42,8 @@ def apply_op(op: str, target: Any, args: tuple, kwargs: dict) -> Any:
         return target(*args, **kwargs)
     if op == "save":
         return args[0]
+    if op == "apply":
+        return target(*args, **kwargs)
     raise ValueError(f"operation {op!r} needs a running model; it cannot be computed on its own")
 
 
@@ -127,6 +130,61 @@ class Proxy:
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         return _record(cls, "call_function", func, args, kwargs or {})
+
+    # -- gradients -----------------------------------------------------------
+
+    @property
+    def grad(self) -> Any:
+        """The gradient of this value in the next ``.backward()`` recorded in the trace.
+
+        Readable (``.grad.save()``) and assignable (``h.grad = h.grad * 2`` replaces
+        the gradient that flows on to earlier values). With several invokes, each
+        gets its own rows. After the trace, a saved proxy's ``.grad`` is its
+        tensor's ``.grad``.
+
+        Example:
+            >>> with model.trace(x):
+            ...     h = model.layer1.output
+            ...     g = h.grad.save()                     # read before .backward()
+            ...     model.output.sum().backward()
+
+        Raises:
+            GradientError: Gradients are disabled (``torch.no_grad()``), or no
+                ``.backward()`` follows; while running, the value is not a tensor
+                that requires grad.
+            MissedCallError: The backward pass never reached the value.
+        """
+        if not self._recording_here():
+            return self._record("getattr", "grad", (self,))
+        check_recordable(self.node, ".grad")
+        return self._record("grad", None, (self,))
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if not self._recording_here():
+            self.value.grad = _as_value(value)
+            return
+        self._record("set_grad", None, (self.grad, value))
+
+    def backward(self, *args: Any, **kwargs: Any) -> None:
+        """Run the backward pass from this value while the model runs (``tensor.backward``).
+
+        It delivers the ``.grad`` values read before it; arguments are
+        ``tensor.backward``'s (``retain_graph=True`` for a second backward pass).
+
+        Raises:
+            GradientError: Gradients are disabled, or the value does not require grad.
+        """
+        if not self._recording_here():
+            self._record("call_method", "backward", (self, *args), kwargs)
+            return
+        check_recordable(self.node, ".backward()")
+        self._record("backward", None, (self, *args), kwargs)
+
+    def _recording_here(self) -> bool:
+        """Whether this proxy's own trace is the one recording in this thread."""
+        runner = _state.current_runner()
+        return runner is not None and runner._graph is self.node.graph and self.node.graph.recording
 
     # -- control flow: not available while recording ------------------------
 
@@ -239,7 +297,7 @@ def _as_arg(value: Any, graph: Graph) -> Any:
         raise ProxyScopeError(
             f"{node.describe()} belongs to another trace that is still being recorded (another "
             "model's, or an outer trace). Save it there and use the saved value after that "
-            "trace exits."
+            "trace exits (inside a model.session(), its values are usable once it exits, saved or not)."
         )
     raise ValueNotSetError(_why_unset(node))
 
@@ -256,9 +314,13 @@ def _why_unset(node: Node) -> str:
         return (f"the value of {what}{at} does not exist yet: values exist only after the "
                 "`with model.trace(...)` block exits. Call .save() on it inside the block and "
                 "read .value after it.")
+    if node.skipped:
+        return (f"{what}{at} did not run: the condition of its tracer.cond(...) block was false "
+                "(or it used a value that did not run).")
     if node.done:
         return (f"the value of {what}{at} was freed after its last use because it was not "
-                "saved; call .save() on it inside the trace.")
+                "saved (or when the model.session() that kept it ended); call .save() on it inside "
+                "the trace, or run the traces that use it inside one `with model.session():` block.")
     return (f"the value of {what}{at} was never computed: the trace did not run to completion "
             "(see the exception it raised), or the value was not saved; call .save() on it inside "
             "the trace.")

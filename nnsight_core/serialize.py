@@ -66,13 +66,14 @@ import json
 import math
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 
 from ._tree import map_structure
 from .errors import EnvoyAttributeError, GraphFormatError, InvokeError
-from .graph import EMPTY, MODULE_VALUE_OPS, OPS, Graph, Node, display_path
+from .graph import EMPTY, MODULE_VALUE_OPS, OPS, Graph, Iteration, Node, display_path
 from .interleaver import Interleaver
 from .proxy import _BINARY, _COMPARISONS, _UNARY
 
@@ -81,7 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT", "VERSION", "MAX_DOCUMENT_CHARS", "MAX_NODES", "MAX_DEPTH", "MAX_TENSOR_DIMS",
-    "MAX_TENSOR_ELEMENTS", "OPERATORS", "TENSOR_METHODS", "FUNCTIONS", "DTYPES",
+    "MAX_TENSOR_ELEMENTS", "SERIALISABLE_OPS", "OPERATORS", "TENSOR_METHODS", "FUNCTIONS", "DTYPES",
     "to_dict", "to_json", "from_dict", "from_json", "run",
 ]
 
@@ -197,16 +198,26 @@ _DENIED_ATTRIBUTES = frozenset({
     "cr_code", "ag_frame", "ag_code", "tb_frame", "tb_next", "func_globals", "func_code", "mro",
 })
 _NODE_KEYS = frozenset({"op", "target", "args", "kwargs", "invoke"})
-_DOCUMENT_KEYS = frozenset({"format", "version", "rows", "tensors", "nodes"})
+_DOCUMENT_KEYS = frozenset({"format", "version", "rows", "iterations", "tensors", "nodes"})
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data"})
+#: The ops a document can hold: all of OPS but ``apply``, whose target is a Python function
+#: given by the user. An op added to OPS is refused until it is added here (and tested).
+SERIALISABLE_OPS = frozenset({
+    "output", "inputs", "set_output", "set_inputs", "set_input", "operator", "getitem", "setitem",
+    "getattr", "call_method", "call_function", "call_module", "save", "grad", "set_grad", "backward",
+    "stop",
+})
+# What the first argument of an edit must be: a node of these ops (for module values: of the
+# same module value, call and invoke).
 _FAMILY = {"set_output": frozenset({"output", "set_output"}),
            "set_inputs": frozenset({"inputs", "set_inputs", "set_input"}),
-           "set_input": frozenset({"inputs", "set_inputs", "set_input"})}
+           "set_input": frozenset({"inputs", "set_inputs", "set_input"}),
+           "set_grad": frozenset({"grad", "set_grad"})}
 # Ops whose first argument is always the node they act on.
-_ON_NODE = frozenset({"getitem", "setitem", "getattr", "call_method", "save"})
-_NO_TARGET = frozenset({"getitem", "setitem", "save"})
+_ON_NODE = frozenset({"getitem", "setitem", "getattr", "call_method", "save", "grad", "backward"})
+_NO_TARGET = frozenset({"getitem", "setitem", "save", "grad", "set_grad", "backward", "stop"})
 _ARITY = {"output": 0, "inputs": 0, "set_output": 2, "set_inputs": 2, "set_input": 2,
-          "getitem": 2, "setitem": 3, "getattr": 1, "save": 1}
+          "getitem": 2, "setitem": 3, "getattr": 1, "save": 1, "grad": 1, "set_grad": 2}
 
 Document = Dict[str, Any]
 
@@ -238,10 +249,15 @@ def to_dict(graph: Graph) -> Document:
     problem = _rows_problem(graph.rows, (tuple, list))
     if problem is not None:
         raise GraphFormatError(f"cannot serialise the graph's {problem[0]}: {problem[1]}")
-    encoder = _Encoder(len(graph.rows))
+    iterations = [[it.start, it.stop, it.step] for it in graph.iterations]
+    for k, entry in enumerate(iterations):
+        problem = _iteration_problem(entry)
+        if problem is not None:
+            raise GraphFormatError(f"cannot serialise the graph's iterations[{k}]: {problem}")
+    encoder = _Encoder(len(graph.rows), graph.iterations)
     nodes = [encoder.node(node) for node in graph.nodes]
     return {"format": FORMAT, "version": VERSION, "rows": [list(r) for r in graph.rows],
-            "tensors": encoder.tensors, "nodes": nodes}
+            "iterations": iterations, "tensors": encoder.tensors, "nodes": nodes}
 
 
 def to_json(graph: Graph, indent: Optional[int] = None) -> str:
@@ -271,8 +287,9 @@ def to_json(graph: Graph, indent: Optional[int] = None) -> str:
 class _Encoder:
     """Encodes one graph's nodes, collecting its tensor constants (each object once)."""
 
-    def __init__(self, invokes: int) -> None:
+    def __init__(self, invokes: int, iterations: List[Iteration]) -> None:
         self.invokes = invokes
+        self._iteration_index = {id(it): k for k, it in enumerate(iterations)}
         self.tensors: List[Dict[str, Any]] = []
         self._tensor_index: Dict[int, int] = {}
         self._keep: List[torch.Tensor] = []  # keeps ids unique while encoding
@@ -280,6 +297,14 @@ class _Encoder:
 
     def node(self, node: Node) -> Dict[str, Any]:
         self._node = node
+        if node.op not in SERIALISABLE_OPS:
+            raise self._fail(
+                "it calls a Python function given to the trace (tracer.apply, tracer.log, "
+                "tracer.cond), which a document cannot hold: a graph that runs user code cannot "
+                "be serialised. Compute the value after the trace instead." if node.op == "apply"
+                else f"the op {node.op!r} is not in nnsight_core.serialize.SERIALISABLE_OPS.")
+        if node.cond is not None:
+            raise self._fail("it runs under a tracer.cond(...) condition, which documents cannot hold.")
         entry: Dict[str, Any] = {"op": node.op}
         target = self._target(node)
         self._check_structure(node)
@@ -313,7 +338,7 @@ class _Encoder:
             if not _path_ok(path):
                 raise self._fail(f"the module path {path!r} has a name outside letters, digits, '_' "
                                  "and '-' (or a dunder name), which documents cannot hold.")
-            return [target[0], target[1]] if op in MODULE_VALUE_OPS else target
+            return [path, self._call(target[1])] if op in MODULE_VALUE_OPS else target
         if op == "call_function":
             try:
                 name = _FUNCTION_NAMES.get(target)
@@ -339,6 +364,14 @@ class _Encoder:
         if op in _NO_TARGET and target is not None:
             raise self._fail(f"{op} takes no target, got {target!r}")
         return target
+
+    def _call(self, call: Any) -> Any:
+        if type(call) is not Iteration:
+            return call
+        index = self._iteration_index.get(id(call))
+        if index is None:
+            raise self._fail(f"its iteration ({call}) is not one of the graph's iterations")
+        return {"iteration": index}
 
     def _key(self, key: Any) -> str:
         if type(key) is not str:
@@ -552,31 +585,42 @@ def _arguments_problem(op: str, target: Any, invoke: Optional[int], args: tuple,
     first = facts(args[0]) if args else None
     if op in _ON_NODE and first is None:
         return (".args[0]", f'{op} acts on a node: expected {{"node": i}}')
-    if op in _FAMILY:
-        if first is None or first[0] not in _FAMILY[op] or first[1:] != (target, invoke):
-            return (".args[0]", (f"{op} replaces a module value: expected a node of the same module "
-                                 f"value ({display_path(target[0])}, call {target[1]}, invoke {invoke})"))
+    if op in _FAMILY and (first is None or first[0] not in _FAMILY[op]
+                          or (op in MODULE_VALUE_OPS and first[1:] != (target, invoke))):
+        edited = (f"the module value it assigns ({display_path(target[0])}, invoke {invoke})"
+                  if op in MODULE_VALUE_OPS else "the gradient it replaces")
+        return (".args[0]", f"{op} replaces a value: expected a reference to a node of {edited}")
     return None
 
 
-class _Ref:
-    """A checked reference to an earlier node (``kind`` "node") or to a tensor entry."""
+def _iteration_problem(entry: Any) -> Optional[str]:
+    """What is wrong with an iteration's ``[start, stop, step]``, or None."""
+    if not (type(entry) is list and len(entry) == 3):
+        return f"expected [start, stop, step], got {_short(entry)}"
+    start, stop, step = entry
+    if not (_is_int(start) and start >= 0 and _is_int(step) and step >= 1
+            and (stop is None or (_is_int(stop) and stop > start))):
+        return (f"expected integers start >= 0, step >= 1 and stop > start (or null for every "
+                f"call), got {_short(entry)}")
+    return None
 
-    __slots__ = ("kind", "index")
 
-    def __init__(self, kind: str, index: int) -> None:
-        self.kind = kind
-        self.index = index
+class _Ref(NamedTuple):
+    """A checked reference to an earlier node, a tensor entry or an iteration (``kind``)."""
+
+    kind: str
+    index: int
 
 
 class _NodeSpec(NamedTuple):
-    """One node, checked but not built: its arguments hold :class:`_Ref` for nodes and tensors."""
+    """One node, checked but not built: it holds :class:`_Ref` for nodes, tensors and iterations."""
 
     op: str
     target: Any
     invoke: Optional[int]
     args: tuple
     kwargs: dict
+    iteration: Optional[int]  # the iteration it is a template of, as create_node will find
 
 
 class _Decoder:
@@ -588,6 +632,7 @@ class _Decoder:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.rows: List[Tuple[int, int]] = []
+        self.iterations: List[List[Any]] = []
         self.tensors: List[Tuple[List[Any], torch.dtype, List[int]]] = []
         self.nodes: List[_NodeSpec] = []
 
@@ -606,6 +651,7 @@ class _Decoder:
             raise self.fail("version", f"this nnsight_core reads version {VERSION}, got "
                                        f"{_short(document['version'])}; write it with a matching version.")
         self._rows(document.get("rows", []))
+        self._iterations(document.get("iterations", []))
         tensors = document.get("tensors", [])
         nodes = document["nodes"]
         if type(tensors) is not list:
@@ -626,14 +672,18 @@ class _Decoder:
         graph = Graph()
         graph.rows = list(self.rows)
         graph.batch_size = self.rows[-1][1] if self.rows else 0
+        iterations = [graph.iteration(*entry) for entry in self.iterations]
 
         def resolve(value: Any) -> Any:
             if type(value) is not _Ref:
                 return value
-            return graph.nodes[value.index] if value.kind == "node" else tensors[value.index]
+            return {"node": graph.nodes, "tensor": tensors, "iteration": iterations}[value.kind][value.index]
 
         for spec in self.nodes:
-            graph.create_node(spec.op, spec.target, map_structure(spec.args, resolve),
+            target = spec.target
+            if spec.op in MODULE_VALUE_OPS:
+                target = (target[0], resolve(target[1]))
+            graph.create_node(spec.op, target, map_structure(spec.args, resolve),
                               map_structure(spec.kwargs, resolve), invoke=spec.invoke)
         graph.recording = False
         return graph
@@ -645,6 +695,15 @@ class _Decoder:
         missing = sorted(required - set(entry))
         if missing:
             raise self.fail(where, f"missing key(s) {missing}")
+
+    def _iterations(self, iterations: Any) -> None:
+        if type(iterations) is not list:
+            raise self.fail("iterations", f"expected a list of [start, stop, step], got {_kind(iterations)}")
+        for k, entry in enumerate(iterations):
+            problem = _iteration_problem(entry)
+            if problem is not None:
+                raise self.fail(f"iterations[{k}]", problem)
+            self.iterations.append(entry)
 
     def _rows(self, rows: Any) -> None:
         if type(rows) is not list:
@@ -711,8 +770,10 @@ class _Decoder:
             raise self.fail(where, f"expected an object, got {_kind(entry)}")
         self._keys(entry, where, _NODE_KEYS, {"op"})
         op = entry["op"]
-        if type(op) is not str or op not in OPS:
-            raise self.fail(f"{where}.op", f"unknown operation {_short(op)}; the vocabulary is {sorted(OPS)}")
+        if type(op) is not str or op not in SERIALISABLE_OPS:
+            why = ("it calls a Python function, which a document cannot name" if op == "apply"
+                   else f"a document's ops are {sorted(SERIALISABLE_OPS)}")
+            raise self.fail(f"{where}.op", f"unknown operation {_short(op)}: {why}")
         invoke = self._invoke(entry.get("invoke"), op, f"{where}.invoke")
         target = self._target(op, entry.get("target"), f"{where}.target")
         raw_args, raw_kwargs = entry.get("args", []), entry.get("kwargs", {})
@@ -725,13 +786,35 @@ class _Decoder:
         problem = _arguments_problem(op, target, invoke, args, kwargs, self._facts)
         if problem is not None:
             raise self.fail(where + problem[0], problem[1])
-        return _NodeSpec(op, target, invoke, args, kwargs)
+        return _NodeSpec(op, target, invoke, args, kwargs, self._template_of(op, target, args, kwargs, where))
+
+    def _template_of(self, op: str, target: Any, args: tuple, kwargs: dict, where: str) -> Optional[int]:
+        """The iteration a node will be a template of (as Graph.create_node decides), checked
+        to be one: a node may not combine values of two iterations."""
+        iteration = target[1].index if op in MODULE_VALUE_OPS and type(target[1]) is _Ref else None
+        for ref in _node_refs((args, kwargs)):
+            other = self.nodes[ref.index].iteration
+            if other is not None and other != iteration:
+                if iteration is not None:
+                    raise self.fail(where, f"the node combines values of iterations[{iteration}] and "
+                                           f"iterations[{other}]; a node belongs to one iteration")
+                iteration = other
+        return iteration
 
     def _facts(self, value: Any) -> Optional[Tuple[str, Any, Optional[int]]]:
         if type(value) is not _Ref or value.kind != "node":
             return None
         spec = self.nodes[value.index]
         return spec.op, spec.target, spec.invoke
+
+    def _call(self, call: Any, where: str) -> Union[int, _Ref]:
+        if _is_int(call) and call >= 0:
+            return call
+        if (type(call) is dict and list(call) == ["iteration"] and _is_int(call["iteration"])
+                and 0 <= call["iteration"] < len(self.iterations)):
+            return _Ref("iteration", call["iteration"])
+        raise self.fail(where, f"a call is an index >= 0 or {{\"iteration\": k}} with k an index into "
+                               f"iterations ({len(self.iterations)} of them), got {_short(call)}")
 
     def _invoke(self, invoke: Any, op: str, where: str) -> Optional[int]:
         problem = _invoke_problem(invoke, op, len(self.rows))
@@ -741,11 +824,10 @@ class _Decoder:
 
     def _target(self, op: str, target: Any, where: str) -> Any:
         if op in MODULE_VALUE_OPS:
-            if not (type(target) is list and len(target) == 2 and _path_ok(target[0])
-                    and _is_int(target[1]) and target[1] >= 0):
-                raise self.fail(where, f"{op} takes [module path, call index] (a dotted path of module "
-                                       f"names, a call index >= 0), got {_short(target)}")
-            return (target[0], target[1])
+            if not (type(target) is list and len(target) == 2 and _path_ok(target[0])):
+                raise self.fail(where, f"{op} takes [module path, call] (a dotted path of module names), "
+                                       f"got {_short(target)}")
+            return (target[0], self._call(target[1], f"{where}[1]"))
         if op == "operator":
             if type(target) is not str or target not in OPERATORS:
                 raise self.fail(where, f"unknown operator {_short(target)}; allowed are {sorted(OPERATORS)}")
@@ -870,6 +952,22 @@ def _float_element(value: Any) -> Optional[float]:
     if kind is int or (kind is float and math.isfinite(value)):
         return value
     return None
+
+
+def _node_refs(value: Any) -> Iterator[_Ref]:
+    """The node references inside checked arguments."""
+    kind = type(value)
+    if kind is _Ref:
+        if value.kind == "node":
+            yield value
+    elif kind is tuple or kind is list:
+        for item in value:
+            yield from _node_refs(item)
+    elif kind is dict:
+        for item in value.values():
+            yield from _node_refs(item)
+    elif kind is slice:
+        yield from _node_refs((value.start, value.stop, value.step))
 
 
 def _scalar(value: Any) -> bool:

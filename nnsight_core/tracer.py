@@ -9,11 +9,12 @@ graph interleaved, and frees everything but saved values.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from . import _state
-from .errors import InputError, InvokeError, TraceStateError
-from .graph import Graph, Iteration
+from .errors import InputError, InvokeError, ProxyCallError, TraceStateError
+from .graph import Graph, Iteration, Node
+from .session import keep_values
 
 if TYPE_CHECKING:
     from .model import NNsightModel
@@ -79,10 +80,19 @@ class Invoker:
         self.index, self.prepared, self.batch_size = index, prepared, size
         runner._add_invoke(self)
         runner._invoker = self
+        if runner._model._edits:  # persistent edits (model.edit()) open every invoke
+            from .edits import replay_edits  # noqa: PLC0415 - edits subclasses this module's Runner
+            replay_edits(runner._model._edits, self)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self._runner._invoker = None
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        runner = self._runner
+        try:
+            if exc_type is None:
+                for record in runner._caches:  # trace-wide tracer.cache(): this invoke's entries
+                    record(self)
+        finally:
+            runner._invoker = None
 
     def _iteration(self, start: int, stop: Optional[int], step: int) -> Iteration:
         """This invoke's Iteration over calls ``start:stop:step`` (one per range, shared)."""
@@ -130,6 +140,7 @@ class Runner:
         self._invoker: Optional[Invoker] = None
         self._auto: Optional[Invoker] = None
         self.invokers: List[Invoker] = []
+        self._caches: List[Callable[[Invoker], None]] = []
         self._output: Any = None
 
     @property
@@ -166,6 +177,7 @@ class Runner:
         if exc_type is not None:
             graph.release()
             return
+        unmark = keep_values(graph)  # inside model.session(): keep every value until it ends
         try:
             if not self.invokers:
                 raise InputError("the trace has no inputs: give them to trace(...) or open "
@@ -178,6 +190,8 @@ class Runner:
                                                   method=self.method, **self._kwargs)
         finally:
             graph.release()
+            if unmark is not None:
+                unmark()
 
     def _close(self) -> None:
         self._invoker = None
@@ -213,6 +227,128 @@ class Runner:
     def all(self) -> _IterBlock:
         """``with tracer.all():`` is ``with tracer.iter[:]:`` (every call of every module used)."""
         return self.iter[:]
+
+    # -- cache ------------------------------------------------------------------------
+
+    def cache(self, modules: Any = None, device: Any = None, dtype: Any = None,
+              include_inputs: bool = False) -> Any:
+        """Save the output (and optionally the inputs) of many modules with one call.
+
+        Inside an invoke (or a trace given inputs) it caches that invoke's
+        rows and returns a :class:`~nnsight_core.cache.Cache`. Outside any
+        invoke it returns a dict ``{invoke index: Cache}`` that gets one
+        entry as each invoke of the trace closes. Each module's value is the
+        one at its current call, as the code before the call left it (like
+        ``.output.save()`` written at that line). ``cache.estimate()`` gives
+        the bytes it will hold, without running the model.
+
+        Example:
+            >>> with model.trace(x) as tracer:
+            ...     cache = tracer.cache(dtype=torch.float16)
+            >>> cache["model.layer1"].output.dtype      # torch.float16
+
+        Args:
+            modules: Envoys, module paths (``"transformer.h.0"``, ``"model.transformer.h.0"``)
+                or a list of them; None caches every module of the model, leaving out
+                those the execution never calls.
+            device: Move every cached tensor there while the model runs (e.g. ``"cpu"``).
+            dtype: Cast every floating-point cached tensor to it.
+            include_inputs: Also cache what each module received (``entry.inputs``).
+
+        Returns:
+            A :class:`~nnsight_core.cache.Cache`, or ``{invoke index: Cache}`` outside an invoke.
+
+        Raises:
+            EnvoyAttributeError: A module path names no module.
+            CacheError: Something else that is not a module, a bad device or dtype.
+            MissedCallError: After the run, when a module named in ``modules`` never ran.
+        """
+        from .cache import record_cache  # noqa: PLC0415 - cache imports this module's users
+
+        return record_cache(self, modules, device, dtype, include_inputs)
+
+    # -- control flow and helpers ---------------------------------------------------
+
+    def cond(self, condition: Any) -> _CondBlock:
+        """``with tracer.cond(condition):`` runs the block's interventions only if ``condition`` is true.
+
+        The condition is a proxy (or a plain value) evaluated while the model
+        runs, e.g. ``model.layer1.output.sum() > 0``; it must reduce to one
+        true/false value. Nodes recorded in the block are skipped when it is
+        false, and so is everything computed from them (a saved value then
+        has no value: reading it raises :class:`~nnsight_core.errors.ValueNotSetError`
+        saying so). Module values read inside the block are still produced.
+        Blocks nest (inner conditions only count when the outer ones hold).
+        For an "else", open a second block on the negated condition
+        (``tracer.cond(condition.logical_not())``).
+
+        Example:
+            >>> with model.trace(x) as tracer:
+            ...     h = model.layer1.output
+            ...     with tracer.cond(h.mean() > 0):
+            ...         model.layer1.output[:] = 0
+
+        Raises:
+            InterventionError: While running, when the condition is not a single value.
+        """
+        self._check_open("cond()")
+        graph = self._graph
+        from .proxy import Proxy, _record  # noqa: PLC0415 - proxy depends on this module's users
+
+        if not isinstance(condition, Proxy) or condition.node.graph is not graph:
+            # A constant (or a finished trace's value): record it so the block has a node to test.
+            condition = _record(self._model.proxy_class, "apply", bool, (condition,), {})
+        return _CondBlock(graph, condition.node)
+
+    def apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Record ``fn(*args, **kwargs)`` as one node; proxies among the arguments become their values.
+
+        Use it for any Python function (NumPy, a metric, a custom edit) that
+        proxies cannot record operation by operation. Returns a proxy of the
+        result. A graph with ``apply`` nodes cannot be serialised to JSON (the
+        function is code, not data).
+
+        Example:
+            >>> with model.trace(x) as tracer:
+            ...     top = tracer.apply(torch.topk, model.layer2.output, k=2).save()
+        """
+        self._check_open("apply()")
+        if not callable(fn):
+            raise ProxyCallError(f"tracer.apply() takes a callable first, not {type(fn).__name__}.")
+        from .proxy import _record  # noqa: PLC0415
+
+        return _record(self._model.proxy_class, "apply", fn, args, kwargs)
+
+    def log(self, *values: Any, **print_kwargs: Any) -> None:
+        """Print ``values`` while the model runs (proxies print as their values), like ``print``.
+
+        Example:
+            >>> with model.trace(x) as tracer:
+            ...     tracer.log("layer1 mean:", model.layer1.output.mean())
+        """
+        self.apply(_print, *values, **print_kwargs)
+
+    def stop(self) -> None:
+        """End the execution once every intervention recorded so far has run; compute nothing after.
+
+        The model's remaining modules do not run, ``tracer.output`` is None, and
+        values recorded after ``stop()`` are never computed. Saved values recorded
+        before it are kept.
+
+        Example:
+            >>> with model.trace(x) as tracer:
+            ...     hidden = model.layer1.output.save()
+            ...     tracer.stop()                    # layer2 and the rest never run
+        """
+        self._check_open("stop()")
+        graph = self._graph
+        before = tuple(n for n in graph.nodes if not n.users and n.iteration is None)
+        graph.create_node("stop", None, before, invoke=self._invoke_index(), where=_state.user_location())
+
+    def _check_open(self, what: str) -> None:
+        if _state.current_runner() is not self or not self._graph.recording:
+            raise TraceStateError(f"tracer.{what} records into its trace: use it inside the "
+                                  "`with model.trace(...) as tracer:` block.")
 
     def _add_invoke(self, invoker: Invoker) -> None:
         graph = self._graph
@@ -303,3 +439,24 @@ class _IterBlock:
     def __exit__(self, *exc: Any) -> None:
         if self._invoker is not None:
             self._invoker._block = None
+
+
+def _print(*values: Any, **kwargs: Any) -> None:
+    print(*values, **kwargs)
+
+
+class _CondBlock:
+    """The ``with tracer.cond(...):`` context: nodes recorded inside run only if the condition holds."""
+
+    def __init__(self, graph: Graph, condition: Node) -> None:
+        self._graph = graph
+        self._condition = condition
+
+    def __enter__(self) -> _CondBlock:
+        self._graph.conds.append(self._condition)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        conds = self._graph.conds
+        if conds and conds[-1] is self._condition:
+            conds.pop()

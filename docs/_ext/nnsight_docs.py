@@ -13,6 +13,13 @@
     A list of the names in ``package.__all__``, each linked to where autodoc
     documents it (its defining module).
 
+``.. bad-input-catalogue:: ../tests/reliability/bad_inputs.py``
+    The bad-input catalogue: a table of every case, then one entry per case
+    with its code and the message it raises, each case run at build time on a
+    fresh model. A case that does not raise its exception, or whose message
+    does not match, fails the build. With ``:cases: id, id``, only those
+    cases' code and messages, without headings.
+
 It also keeps napoleon away from the one-line ``#:`` docstrings of module data
 and attributes: napoleon reads ``text: more text`` there as ``type: description``
 and would print "Type: text". Those docstrings are plain reStructuredText.
@@ -21,11 +28,14 @@ and would print "Type: text". Those docstrings are plain reStructuredText.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 import io
 import os
+import re
 import runpy
 import sys
+import textwrap
 from typing import Any, Dict, List
 
 from docutils import nodes
@@ -164,6 +174,95 @@ def _restore_raw(app: Any, what: str, name: str, obj: Any, options: Any, lines: 
         lines[:] = raw
 
 
+_CATALOGUES: Dict[str, Any] = {}
+_MESSAGES: Dict[str, str] = {}
+
+
+class BadInputCatalogue(SphinxDirective):
+    """Render the bad-input catalogue with the messages its cases raise now."""
+
+    required_arguments = 1
+    has_content = False
+    option_spec = {"cases": directives.unchanged}
+
+    def run(self) -> List[nodes.Node]:
+        rel, path = self.env.relfn2path(self.arguments[0], self.env.docname)
+        self.env.note_dependency(rel)
+        catalogue = _load_catalogue(path)
+        wanted = [c.strip() for c in self.options.get("cases", "").split(",") if c.strip()]
+        cases = catalogue.CASES
+        if wanted:
+            known = {c.id: c for c in cases}
+            missing = [w for w in wanted if w not in known]
+            if missing:
+                raise self.error(f"bad-input-catalogue: no case {', '.join(missing)} in {rel}")
+            cases = [known[w] for w in wanted]
+        root = os.path.dirname(os.path.abspath(self.env.srcdir))  # the repository, cut from paths
+        lines: List[str] = []
+        if not wanted:
+            lines += _summary(cases)
+        for adapter in dict.fromkeys(c.adapter for c in cases):
+            if not wanted:
+                lines += [adapter, "~" * len(adapter), ""]
+            for case in (c for c in cases if c.adapter == adapter):
+                try:
+                    message = _message(catalogue, case, root)
+                except AssertionError as error:
+                    raise self.error(f"bad-input-catalogue: {error}")
+                lines += _entry(case, message, headed=not wanted)
+        container = nodes.container()
+        nested_parse_with_titles(self.state, StringList(lines, source=rel), container)
+        return container.children
+
+
+def _load_catalogue(path: str) -> Any:
+    module = _CATALOGUES.get(path)
+    if module is None:
+        spec = importlib.util.spec_from_file_location("nnsight_docs_bad_inputs", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+        _CATALOGUES[path] = module
+    return module
+
+
+def _message(catalogue: Any, case: Any, root: str) -> str:
+    """Run ``case`` on a fresh model; return its message with the repository path removed."""
+    if case.id not in _MESSAGES:
+        model = catalogue.BUILDERS[case.adapter]()
+        try:
+            case.run(model)
+        except case.error as error:
+            message = str(error)
+        else:
+            raise AssertionError(f"case {case.id} raised nothing; expected {case.error.__name__}")
+        assert re.search(case.match, message), f"case {case.id}: {message!r} does not match {case.match!r}"
+        _MESSAGES[case.id] = message.replace(root + os.sep, "")
+    return _MESSAGES[case.id]
+
+
+def _summary(cases: List[Any]) -> List[str]:
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 14 56 30", "",
+             "   * - Adapter", "     - Mistake", "     - Raises"]
+    for case in cases:
+        lines += [f"   * - ``{case.adapter}``", f"     - :ref:`{case.mistake} <bad-input-{case.id}>`",
+                  f"     - :class:`~nnsight_core.errors.{case.error.__name__}`"]
+    return lines + [""]
+
+
+def _entry(case: Any, message: str, headed: bool) -> List[str]:
+    source = inspect.getsource(case.run).splitlines()
+    start = next(i for i, line in enumerate(source) if line.lstrip().startswith("def "))
+    body = textwrap.dedent("\n".join(source[start + 1:])).strip("\n").splitlines()
+    lines = []
+    if headed:
+        lines += [f".. _bad-input-{case.id}:", "", f".. rubric:: {case.mistake}", "",
+                  f"Raises :class:`~nnsight_core.errors.{case.error.__name__}` (case ``{case.id}``):", ""]
+    lines += [".. code-block:: python", ""] + [f"   {line}" if line else "" for line in body] + [""]
+    lines += [".. code-block:: text", "", f"   {case.error.__name__}: {message}", ""]
+    return lines
+
+
 def setup(app: Any) -> Dict[str, Any]:
     # Napoleon processes docstrings at the default priority, 500: one handler
     # runs before it and one after it.
@@ -172,4 +271,5 @@ def setup(app: Any) -> Dict[str, Any]:
     app.add_directive("ops-table", OpsTable)
     app.add_directive("example-output", ExampleOutput)
     app.add_directive("reexports", Reexports)
+    app.add_directive("bad-input-catalogue", BadInputCatalogue)
     return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from nnsight_core import OPS, EnvoyAttributeError, Graph, GraphFormatError, InvokeError
 from nnsight_core import serialize
-from nnsight_core.serialize import (DTYPES, FUNCTIONS, OPERATORS, TENSOR_METHODS, from_dict, from_json,
-                                    run, to_dict, to_json)
+from nnsight_core.serialize import (DTYPES, FUNCTIONS, OPERATORS, SERIALISABLE_OPS, TENSOR_METHODS, from_dict,
+                                    from_json, run, to_dict, to_json)
 from nnsight_core.testing import hook_count
 from nnsight_torch import NNsight
 
@@ -236,7 +236,7 @@ def test_model_interleave_runs_a_loaded_graph():
 
 
 def every_op_graph():
-    """A recorded graph that uses every op of the vocabulary."""
+    """A recorded graph that uses every op a document can hold."""
     model = NNsight(make_net())
     with model.trace(torch.rand(2, 5)) as tracer:
         model.layer1.inputs = ((model.layer1.input * 2,), {})    # inputs, set_inputs, getitem
@@ -245,12 +245,23 @@ def every_op_graph():
         model.act.output = torch.relu(h) - 1                     # call_function, operator, set_output
         model.layer2.input = model.layer2(h)[:, :1] * h          # call_module, set_input
         model.layer2.output.shape.save()                         # getattr, save
-    return tracer.graph
+    # Gradient ops and stop, appended as the Graph API makes them (structure only: not run).
+    graph = tracer.graph
+    act, out = (n for n in graph.nodes if n.op == "output" and n.target[0] in ("act", "layer2"))
+    grad = graph.create_node("grad", None, (act,), invoke=0)
+    graph.create_node("set_grad", None, (grad, graph.create_node("operator", "mul", (grad, 0.5), invoke=0)),
+                      invoke=0)
+    graph.create_node("backward", None, (graph.create_node("call_method", "sum", (out,), invoke=0),),
+                      {"retain_graph": True}, invoke=0)
+    graph.create_node("stop", None, (graph.nodes[-1],), invoke=0)
+    return graph
 
 
-def test_every_op_of_the_vocabulary_round_trips():
+def test_every_serialisable_op_round_trips():
     graph = every_op_graph()
-    assert {n.op for n in graph.nodes} == set(OPS)
+    assert {n.op for n in graph.nodes} == SERIALISABLE_OPS
+    # A new op of the vocabulary needs a decision here (and a test): only `apply` runs user code.
+    assert SERIALISABLE_OPS == set(OPS) - {"apply"}
     text = to_json(graph)
     loaded = from_json(text)
     assert to_json(loaded) == text
@@ -496,11 +507,27 @@ BAD_DOCUMENTS = {
                              "acts on a node"),
     "dunder module path": (with_node({"op": "call_module", "target": "layer1.__class__"}), "dotted module path"),
     "empty path part": (with_node({"op": "output", "target": ["layer1..x", 0], "invoke": 0}), "module path"),
-    "negative call": (with_node({"op": "output", "target": ["layer1", -1], "invoke": 0}), "call index >= 0"),
+    "negative call": (with_node({"op": "output", "target": ["layer1", -1], "invoke": 0}), "an index >= 0"),
+    "unknown iteration": (with_node({"op": "output", "target": ["layer1", {"iteration": 0}], "invoke": 0}),
+                          "into iterations (0 of them)"),
+    "bad iteration": ({**with_node({"op": "save", "args": [{"node": 0}]}), "iterations": [[2, 1, 1]]},
+                      "iterations[0]: expected integers start >= 0, step >= 1 and stop > start"),
+    "zero step": ({**with_node({"op": "save", "args": [{"node": 0}]}), "iterations": [[0, None, 0]]},
+                  "step >= 1"),
+    "two iterations in one node": ({**with_node({"op": "output", "target": ["layer2", {"iteration": 1}], "invoke": 0}),
+                                    "iterations": [[0, None, 1], [1, 3, 1]],
+                                    "nodes": [{"op": "output", "target": ["layer1", {"iteration": 0}], "invoke": 0},
+                                              {"op": "output", "target": ["layer2", {"iteration": 1}], "invoke": 0},
+                                              {"op": "operator", "target": "add", "args": [{"node": 0}, {"node": 1}]}]},
+                                   "combines values of iterations[0] and iterations[1]"),
+    "apply": (with_node({"op": "apply", "target": "builtins.print", "args": [{"node": 0}]}),
+              "it calls a Python function"),
+    "set_grad of a non-grad": (with_node({"op": "set_grad", "args": [{"node": 0}, 1.0]}), "the gradient it replaces"),
+    "grad with target": (with_node({"op": "grad", "target": "x", "args": [{"node": 0}]}), "takes no target"),
     "module value without invoke": (with_node({"op": "output", "target": ["layer1", 0]}), "invoke index"),
     "invoke out of range": (with_node({"op": "save", "args": [{"node": 0}], "invoke": 3}), "from 0 to 0"),
     "set_output of another value": (with_node({"op": "set_output", "target": ["layer2", 0], "invoke": 0,
-                                               "args": [{"node": 0}, 1.0]}), "replaces a module value"),
+                                               "args": [{"node": 0}, 1.0]}), "the module value it assigns"),
     "target on save": (with_node({"op": "save", "target": "x", "args": [{"node": 0}]}), "takes no target"),
     "rows with a gap": (with_node({"op": "save", "args": [{"node": 0}]}, rows=((0, 1), (2, 3))), "rows[1]"),
     "empty rows": (with_node({"op": "save", "args": [{"node": 0}]}, rows=((0, 0),)), "rows[0]"),
@@ -691,3 +718,63 @@ def test_nothing_is_built_before_the_whole_document_passed(monkeypatch):
     with pytest.raises(GraphFormatError, match=r"nodes\[2\]\.target"):
         from_dict(document)
     assert built == []
+
+
+def test_a_graph_that_runs_user_code_cannot_be_serialised():
+    graph = Graph()
+    graph.create_node("apply", print, ("hello",))
+    with pytest.raises(GraphFormatError, match="cannot serialise node %0.*tracer.apply.*user code"):
+        to_json(graph)
+
+
+def test_a_conditional_node_cannot_be_serialised():
+    graph = Graph()
+    condition = graph.create_node("call_function", torch.ones, (1,))
+    graph.create_node("call_function", torch.zeros, (1,), cond=condition)
+    with pytest.raises(GraphFormatError, match="cannot serialise node %1.*tracer.cond"):
+        to_json(graph)
+
+
+class Loop(torch.nn.Module):
+    """``layer`` then ``act``, three times (like three generation steps)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(4, 4)
+        self.act = torch.nn.Tanh()
+
+    def forward(self, x):
+        for _ in range(3):
+            x = self.act(self.layer(x))
+        return x
+
+
+def test_iterations_over_calls_round_trip_and_execute_the_same():
+    net, x = Loop(), torch.rand(2, 4)
+    model = NNsight(net)
+    with model.trace(x) as tracer:
+        every = model.layer.all().output.save()
+        with tracer.iter[1:3]:
+            model.act.output = model.layer.output * 2
+        out = model.output.save()
+        text = tracer.graph.to_json()
+    document = json.loads(text)
+    assert document["iterations"] == [[0, None, 1], [1, 3, 1]]
+    graph = Graph.from_json(text)
+    assert [(it.start, it.stop, it.step) for it in graph.iterations] == [(0, None, 1), (1, 3, 1)]
+    assert [n.iteration is not None for n in graph.nodes] == [n.iteration is not None for n in tracer.graph.nodes]
+    # Plain PyTorch: the same loop, with the edit at calls 1 and 2.
+    with torch.no_grad():
+        h, layers = x, []
+        for call in range(3):
+            layers.append(net.layer(h))
+            h = layers[-1] * 2 if call in (1, 2) else net.act(layers[-1])
+    saved = run(model, graph, x)
+    for got in (saved[every.node.index], every.value):
+        assert len(got) == 3
+        for value, expected in zip(got, layers):
+            assert_same(value, expected)
+    assert_same(saved[out.node.index], h)
+    assert_same(out.value, h)
+    assert to_json(graph) == text

@@ -120,3 +120,25 @@ def test_an_inconsistent_layout_is_refused():
                 model.inner.output.save()
             with tracer.invoke(X[1]):
                 pass
+
+
+def test_a_mapping_pytree_does_not_know_is_narrowed_per_invoke():
+    """transformers' BatchEncoding (a UserDict) is no pytree node; its tensors are still split."""
+    from transformers import BatchEncoding
+
+    class Encodes(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Identity()
+
+        def forward(self, x):
+            return self.inner(BatchEncoding({"h": x * 2}))
+
+    model = NNsight(Encodes())
+    with torch.no_grad(), model.trace() as tracer:
+        with tracer.invoke(X[0]):
+            first = model.inner.output["h"].save()
+        with tracer.invoke(X[1]):
+            second = model.inner.output["h"].save()
+    torch.testing.assert_close(first.value, X[0] * 2, rtol=0, atol=0)
+    torch.testing.assert_close(second.value, X[1] * 2, rtol=0, atol=0)
