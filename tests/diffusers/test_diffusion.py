@@ -308,3 +308,14 @@ def test_a_step_that_never_happens_raises(sd_folder):
         with torch.no_grad(), model.generate(PROMPTS[0], seed=0, **RUN):
             model.unet.iter[3].output.save()
     assert hook_count(model._model) == 0
+
+
+def test_class_label_names_map_to_their_ids(dit_folder):
+    pipe = plain(dit_folder)
+    pipe.labels = {"cat": 0, "dog": 1}          # what DiTPipeline builds from its id2label
+    model = DiffusionModel(pipe)
+    with torch.no_grad(), model.generate(["dog", "cat"], seed=1, **RUN) as named:
+        pass
+    with torch.no_grad(), model.generate([1, 0], seed=1, **RUN) as numbered:
+        pass
+    torch.testing.assert_close(named.output.images, numbered.output.images, rtol=0, atol=0)
