@@ -21,11 +21,12 @@ NEEDS = {
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_docs_example_runs(path, capsys):
+def test_docs_example_runs(path, capsys, monkeypatch):
     for prefix, (modules, hint) in NEEDS.items():
         missing = [m for m in modules if path.stem.startswith(prefix) and importlib.util.find_spec(m) is None]
         if missing:
             pytest.skip(f"{path.name} needs {', '.join(missing)}: {hint}")
+    monkeypatch.setattr("sys.argv", [str(path)])  # as `python path` would see it, not pytest's arguments
     runpy.run_path(str(path), run_name="__main__")
 
 
