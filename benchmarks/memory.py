@@ -83,11 +83,13 @@ def _build(args: argparse.Namespace) -> Any:
 
     tokenizer = AutoTokenizer.from_pretrained(args.folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden,
+                         intermediate_size=4 * args.hidden,
                          num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
                          max_position_embeddings=max(64, args.tokens))
     model = LanguageModel(LlamaForCausalLM(config).eval(), tokenizer=tokenizer)
-    ids = torch.randint(1, len(tokenizer), (args.invokes, args.tokens), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(1, len(tokenizer), (args.invokes, args.tokens),
+                        generator=torch.Generator().manual_seed(1))
     return model, ids
 
 

@@ -14,8 +14,8 @@ from .errors import (AdapterNotFoundError, AssignmentError, BatchError, CacheErr
                      GradientError, GraphvizNotFoundError,
                      ImageFormatError, InputError, InterventionError, InvokeError, MissedCallError,
                      ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError,
-                     PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, TokenIndexError,
-                     TraceStateError, ValueNotSetError)
+                     PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, ScanError,
+                     TokenIndexError, TraceStateError, ValueNotSetError)
 from .graph import OPS, Graph, Node
 from .hookspecs import hookimpl, hookspec
 from .interleaver import Interleaver
@@ -62,6 +62,7 @@ __all__ = [
     "ProxyControlFlowError",
     "ProxyScopeError",
     "Runner",
+    "ScanError",
     "Session",
     "TokenIndexError",
     "TraceStateError",

@@ -251,7 +251,7 @@ class Gradients:
                 continue
             if grad.index in self._registered:
                 why = ("the backward pass did not reach the value: it is not part of the computation "
-                       f"of the loss. A copy made by indexing with a tensor or a list, or a value "
+                       "of the loss. A copy made by indexing with a tensor or a list, or a value "
                        "computed from a module value that the model never uses, gets no gradient: "
                        "read the module value's .grad and index that instead (`h.grad[idx]`).")
             else:

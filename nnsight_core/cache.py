@@ -7,9 +7,9 @@ model runs. After the trace the returned :class:`Cache` maps each module to
 a :class:`CacheEntry` holding those tensors.
 
 :meth:`Cache.estimate` tells how many bytes the cache will hold before
-anything runs: it runs the model once on fake tensors (PyTorch's
-``FakeTensorMode``: shapes and dtypes only, no compute, no memory) and sums
-the sizes of the values the cache would keep.
+anything runs: it scans the trace on fake tensors (:mod:`nnsight_core.scan`:
+shapes and dtypes only, no compute, no activation memory) and sums the sizes
+of the values the cache would keep.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import torch
 from torch.utils import _pytree as pytree
 
 from . import _state
-from ._tree import narrow, row_table, tree_map
+from ._tree import tree_map
 from .envoy import Envoy
 from .errors import CacheError, CacheKeyError, EnvoyAttributeError, TraceStateError
-from .graph import EMPTY, Iteration, display_path
+from .graph import EMPTY, Node, display_path
+from .scan import Scan, _Unknown, run_scan
 
 if TYPE_CHECKING:
     from .model import NNsightModel
@@ -101,14 +102,10 @@ class Cache(Mapping):
         invoke: The invoke whose rows the cache holds.
     """
 
-    def __init__(self, runner: Runner, invoke: int, entries: Dict[str, CacheEntry], calls: Dict[str, Any],
-                 dtype: Optional[torch.dtype], include_inputs: bool) -> None:
+    def __init__(self, runner: Runner, invoke: int, entries: Dict[str, CacheEntry]) -> None:
         self.invoke = invoke
         self._runner = runner
         self._entries = entries
-        self._calls = calls
-        self._dtype = dtype
-        self._include_inputs = include_inputs
 
     # -- the mapping --------------------------------------------------------------
 
@@ -142,35 +139,41 @@ class Cache(Mapping):
     def estimate(self) -> int:
         """The bytes the cached tensors will take, computed without running the model.
 
-        The model runs once on fake tensors (``FakeTensorMode``: every
-        operation computes only its output's shape and dtype) with the inputs
-        of the invokes opened so far, batched as the trace will batch them.
-        The estimate is each cached tensor's ``numel() * element_size()``
-        after the cast to ``dtype``, summed; it equals the bytes of the
-        values the trace will cache when the model's shapes do not depend on
-        tensor values (a later invoke with longer inputs can enlarge
-        padded ones). A view shares memory with the model's own tensor, so
-        the memory the cache actually keeps alive can be smaller.
+        The trace is scanned on fake tensors (:mod:`nnsight_core.scan`: the
+        model runs with the recorded graph interleaved, but every operation
+        computes only its result's shape and dtype) with the invokes opened
+        so far, batched as the trace will batch them. The estimate sums
+        ``numel() * element_size()`` of every tensor the cache would keep
+        (this invoke's rows, after ``device``/``dtype``); a module that does
+        not run counts 0. It equals the bytes of the values the trace then
+        caches unless a later invoke with longer inputs widens the padded
+        batch. A lazily loaded model is loaded first: its real weights' dtypes
+        decide the sizes. It scans also in a trace opened with ``scan=False``:
+        asking for the estimate asks for the scan.
 
         Returns:
             The estimated bytes.
 
         Raises:
-            CacheError: The model cannot run on fake tensors (e.g. ``generate()``,
-                or code that reads tensor values), naming the failing operation.
+            CacheError: After the trace, or when the scan cannot know a cached
+                value (it depends on tensor values, e.g. generation steps after
+                the first, or model code that reads values).
         """
         runner = self._runner
+        if not runner._graph.recording:
+            raise CacheError("cache.estimate() is computed before the model runs, inside the trace; "
+                             "after the trace, measure the cached tensors themselves.")
         model = runner._model
-        values = _fake_run(runner, {_path_of_key(key): self._calls[key] for key in self._entries},
-                           self._include_inputs)
-        graph = runner._graph
-        layouts = model.batch_layout(graph.batch_size, runner._kwargs, runner.method) \
-            if len(graph.rows) > 1 else {}
-        table = row_table(graph.rows, graph.batch_size, layouts)
+        if not model.dispatched:
+            model.dispatch_model()
+        scan = runner._scan_state
+        if scan is None or not scan.current(runner):
+            scan = run_scan(runner)
         total = 0
-        for path, per_call in values.items():
-            for value in per_call:
-                total += _nbytes(narrow(value, table, self.invoke), self._dtype)
+        for entry in self._entries.values():
+            for proxy in (entry._output, entry._inputs):
+                if proxy is not None:
+                    total += _nbytes(_fake_value(scan, proxy.node, entry.key))
         return total
 
     # -- helpers ------------------------------------------------------------------
@@ -247,7 +250,6 @@ def _record(invoker: Invoker, paths: List[str], optional: bool, device: Optional
     where = _state.user_location()
     first = len(graph.nodes)
     entries: Dict[str, CacheEntry] = {}
-    calls: Dict[str, Any] = {}
 
     def keep(value: Proxy) -> Proxy:
         node = value.node
@@ -262,11 +264,10 @@ def _record(invoker: Invoker, paths: List[str], optional: bool, device: Optional
         inputs = keep(envoy._value("inputs", invoker)) if include_inputs else None
         key = "model." + path if path else "model"
         entries[key] = CacheEntry(key, keep(output), inputs)
-        calls[key] = output.node.target[1]
     if optional:
         # Only the nodes made here: a module value the user's own code also uses stays required.
         graph.optional.update(range(first, len(graph.nodes)))
-    return Cache(runner, invoker.index, entries, calls, dtype, include_inputs)
+    return Cache(runner, invoker.index, entries)
 
 
 def _moved(value: Any, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> Any:
@@ -363,72 +364,31 @@ def _key_of_envoy(value: Any) -> str:
     return "model." + envoy._path if envoy._path else "model"
 
 
-def _path_of_key(key: str) -> str:
-    return "" if key == "model" else key[len("model."):]
-
-
 # -- memory estimate -------------------------------------------------------------------
 
 
-def _fake_run(runner: Runner, calls: Dict[str, Any], include_inputs: bool) -> Dict[str, List[Any]]:
-    """Run the trace's execution on fake tensors; return, per module path, the fake values the
-    cache would keep (output, then ``(args, kwargs)`` with ``include_inputs``) of each cached call.
+def _fake_value(scan: Scan, node: Node, key: str) -> Any:
+    """The fake value the scan computed for a cache node (None for a module that did not run).
 
     Raises:
-        CacheError: The execution failed on fake tensors.
+        CacheError: The scan could not compute it: it needs tensor values, or the scan
+            stopped before all calls it covers (a template's later calls included).
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: PLC0415 - only for estimates
-
-    model = runner._model
-    if not runner.invokers:
-        raise CacheError("cache.estimate() needs the trace's inputs: call it after opening an invoke.")
-    if not model.dispatched:
-        model.dispatch_model()  # the trace will load the weights anyway; estimate with their dtypes
-    batched = model._batch_inputs([i.prepared for i in runner.invokers],
-                                  [i.batch_size for i in runner.invokers])
-    seen: Dict[str, List[Any]] = {path: [] for path in calls}
-    handles = []
-
-    def hook(path: str):
-        def record(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            seen[path].append((output, (args, kwargs)))
-        return record
-
-    with model._lock:
-        try:
-            for path in calls:
-                module = _envoy(model, path)._module
-                handles.append(module.register_forward_hook(hook(path), with_kwargs=True))
-            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                fake = pytree.tree_map(lambda t: mode.from_tensor(t) if isinstance(t, torch.Tensor) else t,
-                                       batched)
-                model._execute(fake, method=runner.method, **dict(runner._kwargs))
-        except Exception as error:  # noqa: BLE001 - any failure on fake tensors is reported as one
-            raise CacheError(
-                f"cache.estimate() could not run the model on fake tensors: {type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''}. Models whose execution reads "
-                "tensor values (generate(), data-dependent control flow) cannot be estimated this "
-                "way; trace a small input and measure the cached tensors instead."
-            ) from error
-        finally:
-            for handle in handles:
-                handle.remove()
-    values: Dict[str, List[Any]] = {}
-    for path, call in calls.items():
-        runs = seen[path]
-        indices = range(len(runs)) if type(call) is Iteration else [call]
-        picked = [runs[k] for k in indices if k < len(runs) and (type(call) is not Iteration or k in call)]
-        values[path] = [value if include_inputs else value[0] for value in picked]
-    return values
+    value = scan.values.get(node.index, EMPTY)
+    stopped = scan.stopped
+    if isinstance(value, _Unknown) or (stopped is not None and (value is EMPTY or node.iteration is not None)):
+        why = value.reason if isinstance(value, _Unknown) else (
+            f"the scan on fake tensors stopped early ({type(stopped).__name__}: "
+            f"{str(stopped).strip().splitlines()[0] if str(stopped).strip() else ''})")
+        raise CacheError(f"cache.estimate() cannot know the size of {key}: {why}. Estimate a trace "
+                         "whose shapes do not depend on tensor values (e.g. one forward pass instead "
+                         "of a generation), or measure a small real run.")
+    return None if value is EMPTY else value
 
 
-def _nbytes(value: Any, dtype: Optional[torch.dtype]) -> int:
-    total = 0
-    for leaf in pytree.tree_leaves(value):
-        if isinstance(leaf, torch.Tensor):
-            cast = dtype if dtype is not None and leaf.is_floating_point() else leaf.dtype
-            total += leaf.numel() * cast.itemsize
-    return total
+def _nbytes(value: Any) -> int:
+    return sum(leaf.numel() * leaf.element_size() for leaf in pytree.tree_leaves(value)
+               if isinstance(leaf, torch.Tensor))
 
 
 # -- small helpers -------------------------------------------------------------------------

@@ -102,29 +102,34 @@ def replay_edits(edits: Sequence[Graph], invoker: Invoker) -> None:
     reused, and an assignment becomes the module's current value, so later
     edits and the trace's own code build on it.
     """
+    for edit in edits:
+        _replay(edit, invoker)
+
+
+def _replay(edit: Graph, invoker: Invoker) -> None:
     graph = invoker._runner._graph
     proxy_class = invoker._runner._model.proxy_class
     current = invoker._current
-    for edit in edits:
-        copies: Dict[int, Node] = {}
+    copies: Dict[int, Node] = {}
 
-        def bind(value: Node) -> Node:
-            return copies[value.index]
+    def bind(value: Node) -> Node:
+        return copies[value.index]
 
-        for node in edit.nodes:
-            target = node.target
-            if node.op in MODULE_VALUE_OPS:
-                path, call = target
-                if type(call) is Iteration:
-                    call = invoker._iteration(call.start, call.stop, call.step)
-                target = (path, call)
-                key = (_EVENT_KIND[node.op], path, call)
-                existing = current.get(key) if node.op in _FED_OPS else None
-                if existing is not None:
-                    copies[node.index] = existing.node
-                    continue
-            copy = graph.create_node(node.op, target, _map_nodes(node.args, bind),
-                                     _map_nodes(node.kwargs, bind), invoke=invoker.index, where=node.where)
-            copies[node.index] = copy
-            if node.op in MODULE_VALUE_OPS:
-                current[key] = proxy_class(copy)
+    for node in edit.nodes:
+        target = node.target
+        if node.op in MODULE_VALUE_OPS:
+            path, call = target
+            if type(call) is Iteration:
+                call = invoker._iteration(call.start, call.stop, call.step)
+            target = (path, call)
+            key = (_EVENT_KIND[node.op], path, call)
+            existing = current.get(key) if node.op in _FED_OPS else None
+            if existing is not None:
+                copies[node.index] = existing.node
+                continue
+        copy = graph.create_node(node.op, target, _map_nodes(node.args, bind),
+                                 _map_nodes(node.kwargs, bind), invoke=invoker.index, where=node.where)
+        copies[node.index] = copy
+        invoker._runner._edit_nodes.add(copy.index)
+        if node.op in MODULE_VALUE_OPS:
+            current[key] = proxy_class(copy)

@@ -33,6 +33,7 @@ __all__ = [
     "CacheError",
     "CacheKeyError",
     "GradientError",
+    "ScanError",
 ]
 
 
@@ -138,3 +139,7 @@ class CacheKeyError(NNsightError, KeyError):
     def __str__(self) -> str:
         # KeyError quotes its message; this one is a sentence.
         return str(self.args[0]) if self.args else ""
+
+
+class ScanError(NNsightError, RuntimeError):
+    """Raised when a proxy's shape, dtype or device is asked inside a trace but the scan on fake tensors cannot know it."""

@@ -96,8 +96,12 @@ class NNsightModel:
                 ``tracer.invoke(...)`` blocks.
             trace: If False, run the model on ``inputs`` at once and return its output.
             invoker_args: Keyword arguments for the invoke's input preparation.
-            scan: Accepted for nnsight compatibility. Shape scanning with fake tensors
-                is not implemented yet, so it costs nothing either way.
+            scan: Let the trace run the model on fake tensors (no real compute, see
+                :mod:`nnsight_core.scan`) when it needs to: for ``proxy.shape`` /
+                ``.dtype`` / ``.device`` / ``.ndim`` inside the block, and at exit to check
+                assignments of tensor constants before the real run. Lazy: a trace that
+                needs neither scans nothing. ``False`` disables both; ``.shape`` is
+                then a recorded attribute like any other.
             **kwargs: Passed to execution (the model call).
 
         Returns:
@@ -117,9 +121,10 @@ class NNsightModel:
                 return runner.output
             prepared, size = self._prepare_inputs(inputs, invoker_args)
             batched = self._batch_inputs([prepared], [size])
-            if not self.dispatched:
-                self.dispatch_model()
-            return self._execute(batched, **kwargs)
+            with self._lock:  # not while another thread's scan has swapped in fake weights
+                if not self.dispatched:
+                    self.dispatch_model()
+                return self._execute(batched, **kwargs)
         return Runner(self, inputs, invoker_args, kwargs, scan=scan)
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:

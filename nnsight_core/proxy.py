@@ -16,6 +16,7 @@ from ._grad import check_recordable
 from ._tree import map_structure
 from .errors import ProxyCallError, ProxyControlFlowError, ProxyScopeError, TraceStateError, ValueNotSetError
 from .graph import EMPTY, Graph, Node
+from .scan import metadata
 
 __all__ = ["Proxy", "InterventionProxy", "apply_op"]
 
@@ -186,13 +187,45 @@ class Proxy:
         runner = _state.current_runner()
         return runner is not None and runner._graph is self.node.graph and self.node.graph.recording
 
+    # -- metadata: known inside the trace, from the scan on fake tensors ------
+
+    @property
+    def shape(self) -> Any:
+        """The value's shape; inside a trace, computed on fake tensors (see :mod:`nnsight_core.scan`).
+
+        Example:
+            >>> with model.trace(x):
+            ...     h = model.layer1.output
+            ...     model.layer1.output = torch.zeros(h.shape)   # a torch.Size, known now
+
+        Raises:
+            ScanError: The scan cannot know it (it depends on values, or the value has no shape).
+        """
+        return metadata(self, "shape")
+
+    @property
+    def dtype(self) -> Any:
+        """The value's dtype; inside a trace, from the scan (like :attr:`shape`)."""
+        return metadata(self, "dtype")
+
+    @property
+    def device(self) -> Any:
+        """The value's device; inside a trace, from the scan (``cpu`` before a lazy model is dispatched)."""
+        return metadata(self, "device")
+
+    @property
+    def ndim(self) -> Any:
+        """The value's number of dimensions; inside a trace, from the scan (like :attr:`shape`)."""
+        return metadata(self, "ndim")
+
     # -- control flow: not available while recording ------------------------
 
     def __bool__(self) -> bool:
         return bool(self._concrete("if proxy: / bool(proxy)", "torch.where(condition, a, b)"))
 
     def __len__(self) -> int:
-        return len(self._concrete("len(proxy)", "proxy.shape[0] inside the graph, or len(saved.value) after the trace"))
+        return len(self._concrete("len(proxy)", "proxy.shape[0] (known inside the trace, from the scan), "
+                                  "or len(saved.value) after the trace"))
 
     def __iter__(self):
         return iter(self._concrete("iterating over a proxy", "index it (`proxy[0]`, `proxy[:, i]`) or unbind it (`proxy.unbind(0)`)"))

@@ -5,17 +5,17 @@ A *scan* executes the model exactly as the trace will, through the adapter's
 :class:`~nnsight_core.interleaver.Interleaver`, but on fake tensors
 (PyTorch's ``FakeTensorMode``): every tensor has a shape, a dtype and a device
 and no data, so nothing is computed and no memory is used for activations.
-The model's parameters and buffers are swapped for fake copies for the
-duration (restored afterwards), so a model whose weights are still on the
-meta device (a ``LanguageModel`` before dispatch) scans without loading them.
+Operations meet fake copies of the model's parameters and buffers, never the
+real ones, and a model whose weights are still on the meta device (a
+``LanguageModel`` before dispatch) scans without loading them.
 
 It is lazy. Nothing is scanned until a proxy's ``.shape``, ``.dtype``,
 ``.device`` or ``.ndim`` is asked for inside a trace, or until the trace exits
-with a graph that holds a tensor constant (an assigned tensor, a saved value
-of an earlier trace): then the scan checks the graph before the real run, so
-a wrongly shaped assignment raises before the model runs, naming the user's
-line. A trace that does neither never scans. ``trace(..., scan=False)``
-turns both off.
+with an assignment of a tensor constant (``output = torch.zeros(...)``, a
+value saved in an earlier trace): then the scan checks those assignments
+before the real run, so a wrongly shaped one raises before the model runs,
+naming the user's line. A trace that does neither never scans.
+``trace(..., scan=False)`` turns both off.
 
 What fake tensors cannot know (values: ``.item()``, ``bool(tensor)``,
 data-dependent shapes such as ``h[h > 0]``) ends the scan for the nodes that
@@ -29,24 +29,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+import weakref
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Set
 
 import torch
 from torch._subclasses import fake_tensor as _fake
+from torch.utils import _pytree as pytree
+from torch.utils.weak import WeakIdKeyDictionary
 
+from . import _state
 from ._tree import tree_map
 from .errors import InterventionError, NNsightError, ScanError
-from .graph import EMPTY, Node
+from .graph import EMPTY, Graph, Node
 from .interleaver import Interleaver, StopExecution
 
 if TYPE_CHECKING:
     from .proxy import Proxy
     from .tracer import Runner
 
-__all__ = ["Scan", "run_scan", "metadata", "validate", "is_scanning", "METADATA"]
-
-#: Attributes of a proxy answered from the scan inside a trace (methods such as ``.size()`` are recorded).
-METADATA = ("shape", "dtype", "device", "ndim")
+__all__ = ["Scan", "run_scan", "metadata", "validate", "is_scanning"]
 
 # Integer and boolean tensors derived only from the inputs (attention masks, position ids) keep
 # their values through the scan up to this many elements, so model code may branch on them.
@@ -60,6 +61,9 @@ _FAKE_LIMIT_MESSAGES = ("tensor subclass", "FakeTensor", "fake tensor", "data po
                         "data-dependent", "data dependent")
 
 _local = threading.local()
+
+# Each wrapped module's fake mode, which keeps the fake copies of its weights (see _ScanMode).
+_MODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def is_scanning() -> bool:
@@ -127,17 +131,25 @@ class Scan:
             value = value[0]  # the first call's: later calls may differ (generation steps)
         if type(value) is _Unknown:
             raise ScanError(f"the shape of {node.describe()}{_at(node)} is unknown before the model runs: "
-                            f"{value.reason}. Save the value and read it after the trace.")
+                            f"{value.reason}. Save the value and read its shape after the trace.")
         if value is EMPTY:
-            why = (f"the scan on fake tensors stopped early ({_describe(self.stopped)})"
-                   if self.stopped is not None else "its module call did not happen in the scan")
+            stopped = self.stopped
+            if stopped is None:
+                why = "its module call did not happen in the scan"
+            elif isinstance(stopped, StopExecution):
+                why = "tracer.stop() ends the execution before it"
+            elif _fake_limit(stopped):
+                why = ("the model's code reads tensor values, which fake tensors do not have (as "
+                       f"generate() does after its first step), before reaching it: {_describe(stopped)}")
+            else:
+                why = f"the model failed on fake tensors before reaching it: {_describe(stopped)}"
             raise ScanError(f"the shape of {node.describe()}{_at(node)} is unknown before the model runs: "
                             f"{why}. Save the value and read its shape after the trace.")
         return value
 
 
 def metadata(proxy: Proxy, name: str) -> Any:
-    """``proxy.<name>`` for a name of :data:`METADATA`.
+    """``proxy.<name>`` for ``shape``, ``dtype``, ``device`` or ``ndim`` (the proxy's properties).
 
     Inside the trace that records ``proxy`` (with ``scan=True``), the attribute
     of its fake value, scanning first if needed; with ``scan=False``, a recorded
@@ -151,8 +163,6 @@ def metadata(proxy: Proxy, name: str) -> Any:
     node = proxy.node
     if not node.graph.recording:
         return getattr(proxy.value, name)
-    from . import _state  # noqa: PLC0415 - keep this module import-light for proxy.py
-
     runner = _state.current_runner()
     if runner is None or runner._graph is not node.graph or not runner._scan:
         return proxy._record("getattr", name, (proxy,))
@@ -169,10 +179,14 @@ def metadata(proxy: Proxy, name: str) -> Any:
 
 
 def validate(runner: Runner, batched: Any) -> None:
-    """Check the graph on fake tensors before the real run, if it needs checking.
+    """Before the real run, check on fake tensors every assignment of a tensor constant.
 
-    Called as the trace exits. It scans (unless the last scan is current) when the user asked
-    for a shape during the trace or the graph holds a tensor constant, which could have the wrong shape.
+    Called as the trace exits. An assignment whose new value holds a tensor
+    constant (``output = torch.zeros(...)``, ``output[:, 0] = t``, a value saved
+    in an earlier trace, ``.copy_(t)``) is the one thing a graph cannot know
+    fits, so those are checked, unless a scan during the trace (for ``.shape``)
+    already computed them. The fake execution stops once they ran. A graph
+    without such assignments is not scanned.
 
     Raises:
         AssignmentError, BatchError, InterventionError, OutOfOrderEditError: What the real run
@@ -180,19 +194,24 @@ def validate(runner: Runner, batched: Any) -> None:
     """
     scan = runner._scan_state
     runner._scan_state = None
-    if scan is None and not _has_tensor_constant(runner._graph.nodes):
-        return
-    if scan is None or not scan.current(runner):
-        run_scan(runner, batched)
+    invokes = len(runner.invokers)
+    # Replayed persistent edits are not checked here (every later trace would pay a scan for
+    # them); the real run's assignment checks still catch a misfit.
+    targets = [node for node in runner._graph.nodes if _assigns_constant(node)
+               and node.index not in runner._edit_nodes
+               and not (scan is not None and scan.covers(node, invokes) and node.index in scan.values)]
+    if targets:
+        run_scan(runner, batched, targets)
         runner._scan_state = None
 
 
-def run_scan(runner: Runner, batched: Any = None) -> Scan:
+def run_scan(runner: Runner, batched: Any = None, targets: Optional[List[Node]] = None) -> Scan:
     """Run the model on fake tensors with ``runner``'s graph interleaved; keep the result on the runner.
 
     Args:
         runner: The trace, open or exiting.
         batched: Its batched inputs, if already made (else they are batched here).
+        targets: The nodes the scan is for (default: all); the fake execution stops once they ran.
 
     Raises:
         ScanError: The trace has no inputs yet.
@@ -213,15 +232,14 @@ def run_scan(runner: Runner, batched: Any = None) -> Scan:
         for node in graph.nodes:
             node.saved = True  # keep every value: the scan answers for all of them
         with model._lock, _scanning():
-            mode = _ScanMode(allow_non_fake_inputs=True)
-            with _fake_state(model, mode), mode:
+            with _fake_state(model) as mode, mode:
                 fake_inputs = tree_map(lambda leaf: _fake_input(mode, leaf), batched)
-                scan.stopped = _execute(runner, fake_inputs)
+                scan.stopped = _execute(runner, fake_inputs, graph.nodes if targets is None else targets)
         for node in graph.nodes:
             if node.value is not EMPTY:
                 scan.values[node.index] = node.value
     finally:
-        for node, flag in zip(graph.nodes, saved):
+        for node, flag in zip(graph.nodes, saved):  # noqa: B905 - no raise in finally
             node.saved = flag
             node.value = EMPTY
             node.done = False
@@ -229,14 +247,14 @@ def run_scan(runner: Runner, batched: Any = None) -> Scan:
     return scan
 
 
-def _execute(runner: Runner, inputs: Any) -> Optional[BaseException]:
+def _execute(runner: Runner, inputs: Any, targets: List[Node]) -> Optional[BaseException]:
     """Run the fake execution; return why it ended early (None if it did not).
 
     Raises:
         NNsightError: A check of the graph failed, reworded as found before the model ran.
     """
     model = runner._model
-    interleaver = _ScanInterleaver(runner._graph, model._model, model._attached)
+    interleaver = _ScanInterleaver(runner._graph, model._model, model._attached, targets)
     try:
         with interleaver:
             model._execute(inputs, method=runner.method, **runner._kwargs)
@@ -245,9 +263,15 @@ def _execute(runner: Runner, inputs: Any) -> Optional[BaseException]:
             raise
         raise type(error)(f"{error} (found before the model ran, by the scan on fake tensors)") \
             from error.__cause__
+    except _Finished:
+        return None
     except (Exception, StopExecution) as error:  # noqa: BLE001 - the real run reports real failures
         return error
     return None
+
+
+class _Finished(BaseException):
+    """Ends a fake execution once its target nodes have run (a BaseException: model code lets it through)."""
 
 
 class _ScanInterleaver(Interleaver):
@@ -259,11 +283,45 @@ class _ScanInterleaver(Interleaver):
     user code, with side effects), and no backward pass runs: a gradient is a
     fake tensor like its value.
 
+    The fake execution ends as soon as the target nodes have run (after the
+    module event that ran the last one, so its edits are checked too), unless
+    the graph has iterations, whose copies appear while the model runs.
+
     Attributes:
         failure: The error of the node that failed on fake tensors, if one did.
     """
 
     failure: Optional[InterventionError] = None
+
+    def __init__(self, graph: Graph, root: torch.nn.Module, attached: Dict[str, torch.nn.Module],
+                 targets: List[Node]) -> None:
+        # No backward pass runs in a scan (see grad), so no gradient hooks are set up: the
+        # Interleaver would also refuse a .grad whose .backward() is not recorded yet.
+        gradients, graph.gradients = graph.gradients, []
+        try:
+            super().__init__(graph, root, attached)
+        finally:
+            graph.gradients = gradients
+        self._targets = {node.index for node in targets}
+        self._left: Optional[int] = None
+
+    def __enter__(self) -> Interleaver:
+        self._left = None if self.graph.iterations else len(self._targets)
+        return super().__enter__()
+
+    def _event(self, kind: str, path: str, value: Any) -> Any:
+        result = super()._event(kind, path, value)
+        if self._left == 0:
+            raise _Finished
+        return result
+
+    def _feed(self, node: Node, value: Any) -> None:
+        super()._feed(node, value)
+        self._ran(node)
+
+    def _ran(self, node: Node) -> None:
+        if self._left is not None and node.index in self._targets:
+            self._left -= 1
 
     def _run(self, node: Node) -> None:
         for dep in node.deps:
@@ -279,6 +337,8 @@ class _ScanInterleaver(Interleaver):
                 return
             self.failure = _scan_failure(node, cause)
             raise self.failure from cause
+        if node.done:
+            self._ran(node)
 
     def apply(self, node: Node, args: tuple, kwargs: dict) -> Any:
         return _Unknown("the scan does not call functions given to tracer.apply() or tracer.log()")
@@ -294,10 +354,62 @@ class _ScanInterleaver(Interleaver):
 
 
 class _ScanMode(_fake.FakeTensorMode):
-    """``FakeTensorMode`` that keeps the values of small integer and boolean tensors computed from
-    constants only (the inputs' attention masks and position ids), so model code that branches on
-    them (``if (mask == 1).all():``) still runs. Model weights never take part: they are fake.
+    """The ``FakeTensorMode`` of one wrapped module's scans, kept between them.
+
+    * Each of the model's parameters and buffers that an operation gets is
+      replaced by its fake copy first, so no operation computes on or changes a
+      real weight (``FakeTensorMode`` alone runs some operations whose tensors are
+      all real, e.g. a buffer's ``num_batches_tracked.add_(1)``). Copies are kept
+      per real tensor (making them costs more than a small model's fake forward
+      pass) and live as long as it; a tensor on the meta device gets a copy on
+      the CPU, where ``dispatch_model()`` loads weights by default. Other real
+      tensors (made by model code from Python or NumPy values, such as a
+      scheduler's timesteps) keep ``FakeTensorMode``'s handling: their values
+      stay known.
+    * Integer and boolean tensors computed from constants only (the inputs'
+      attention masks and position ids) keep their values, so model code that
+      branches on them (``if (mask == 1).all():``) still runs.
     """
+
+    def __init__(self) -> None:
+        super().__init__(allow_non_fake_inputs=True)
+        self.copies = WeakIdKeyDictionary()
+        #: ``id()`` of the weights and buffers of the model being scanned (set by ``_fake_state``).
+        self.weights: Set[int] = set()
+
+    def fits(self, tensors: List[torch.Tensor]) -> bool:
+        """Whether every existing copy still has its tensor's shape, dtype, device and grad flag
+        (``.half()`` and ``requires_grad_`` change a weight in place)."""
+        for tensor in tensors:
+            copy = self.copies.get(tensor)
+            if copy is not None and (copy.shape != tensor.shape or copy.dtype != tensor.dtype
+                                     or copy.device != _fake_device(tensor)
+                                     or copy.requires_grad != tensor.requires_grad):
+                return False
+        return True
+
+    def fake(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The fake copy of the real ``tensor`` (made on first use)."""
+        copy = self.copies.get(tensor)
+        if copy is not None:
+            return copy
+        if tensor.device.type != "meta":
+            copy = self.from_tensor(tensor)
+        else:
+            with self:
+                copy = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype,
+                                           device=_fake_device(tensor))
+            if isinstance(tensor, torch.nn.Parameter):
+                copy = torch.nn.Parameter(copy, requires_grad=tensor.requires_grad)
+        self.copies[tensor] = copy
+        return copy
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        args, kwargs = pytree.tree_map_only(torch.Tensor, self._faked, (args, kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+    def _faked(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.fake(tensor) if id(tensor) in self.weights else tensor
 
     def may_turn_const(self, t: torch.Tensor) -> bool:
         if (t.dtype in (torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -315,26 +427,44 @@ def _fake_input(mode: _ScanMode, leaf: Any) -> Any:
     return mode.fake_tensor_converter.from_real_tensor(mode, leaf, make_constant=constant)
 
 
-@contextlib.contextmanager
-def _fake_state(model: Any, mode: _ScanMode) -> Iterator[None]:
-    """Swap every parameter and buffer of the model (and its attached modules) for a fake copy.
+def _fake_device(tensor: torch.Tensor) -> torch.device:
+    return _CPU if tensor.device.type == "meta" else tensor.device
 
-    Fake copies keep in-place updates (``num_batches_tracked += 1``) and computations on
-    weights alone (``weight.float()``) off the real tensors; tied weights stay tied.
+
+_CPU = torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _fake_state(model: Any) -> Iterator[_ScanMode]:
+    """Yield the fake mode of ``model``'s scans; callers hold the model's execution lock.
+
+    A model whose weights are real keeps them in place (another thread may call the
+    module directly meanwhile): operations meet their fake copies (see :class:`_ScanMode`).
+    A lazily loaded model, whose weights are still on the meta device, has them swapped
+    for their fake copies until the scan ends, so that model code that asks for the
+    weights' device (to put new tensors there) gets the copies' device.
     """
     modules = list(model._model.modules())
     for extra in model._attached.values():
         modules.extend(extra.modules())
+    slots = [(table, name, tensor) for module in modules
+             for table in (module._parameters, module._buffers)
+             for name, tensor in table.items() if tensor is not None]
+    tensors = [tensor for _, _, tensor in slots]
+    mode = _MODES.get(model._model)
+    if mode is None or not mode.fits(tensors):
+        mode = _MODES[model._model] = _ScanMode()
+    lazy = any(tensor.device.type == "meta" for tensor in tensors)
     swapped = []
     try:
-        for module in modules:
-            for table in (module._parameters, module._buffers):
-                for name, tensor in table.items():
-                    if tensor is not None and not isinstance(tensor, _fake.FakeTensor):
-                        swapped.append((table, name, tensor))
-                        table[name] = mode.from_tensor(tensor)
-        yield
+        mode.weights = {id(tensor) for tensor in tensors}
+        if lazy:
+            for table, name, tensor in slots:
+                table[name] = mode.fake(tensor)
+                swapped.append((table, name, tensor))
+        yield mode
     finally:
+        mode.weights = set()
         for table, name, tensor in reversed(swapped):
             table[name] = tensor
 
@@ -377,11 +507,16 @@ def _scan_failure(node: Node, cause: Optional[BaseException]) -> InterventionErr
     )
 
 
-def _has_tensor_constant(nodes: List[Node]) -> bool:
-    for node in nodes:
-        if _holds_tensor(node.args) or (node.kwargs and _holds_tensor(node.kwargs)):
-            return True
+def _assigns_constant(node: Node) -> bool:
+    """Whether ``node`` assigns a value holding a tensor constant (not computed by the graph)."""
+    op = node.op
+    if op in _ASSIGNMENTS or (op == "call_method" and node.target.endswith("_")
+                              and not node.target.startswith("__")):
+        return _holds_tensor(node.args[1:]) or _holds_tensor(node.kwargs)
     return False
+
+
+_ASSIGNMENTS = frozenset({"set_output", "set_inputs", "set_input", "setitem"})
 
 
 def _holds_tensor(value: Any) -> bool:
@@ -393,9 +528,7 @@ def _holds_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def _describe(error: Optional[BaseException]) -> str:
-    if isinstance(error, StopExecution):
-        return "tracer.stop() ends the execution before it"
+def _describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

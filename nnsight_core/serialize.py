@@ -1,9 +1,10 @@
 """A graph as JSON and back: data only, no pickle, no code, no import paths.
 
 :func:`to_json` writes a :class:`~nnsight_core.graph.Graph` as a JSON document
-of the closed operation vocabulary (:data:`~nnsight_core.graph.OPS`) and plain
-values; :func:`from_json` checks a document against the schema below before it
-builds anything, and rebuilds the graph. Every callable a document can name is
+of the closed operation vocabulary (:data:`~nnsight_core.graph.OPS`, all of it
+but ``apply``, which runs a Python function: :data:`SERIALISABLE_OPS`) and
+plain values; :func:`from_json` checks a whole document against the schema
+below before it builds anything, and rebuilds the graph. Every callable a document can name is
 looked up in a fixed table built when this module is imported: the proxy's
 Python operators (:data:`OPERATORS`), tensor methods (:data:`TENSOR_METHODS`)
 and functions of ``torch``, ``torch.Tensor`` and ``torch.nn.functional``
@@ -22,6 +23,7 @@ The document (version 1)::
 
     {"format": "nnsight_core.graph", "version": 1,
      "rows": [[0, 1], [1, 3]],            # each invoke's (start, stop) batch rows
+     "iterations": [[1, null, 1]],        # [start, stop, step] of tracer.iter / .all() blocks
      "tensors": [{"dtype": "float32", "shape": [2], "data": [0.5, "nan"]}],
      "nodes": [                           # in recording order; "%i" is nodes[i]
         {"op": "output", "target": ["layer1", 0], "invoke": 0},
@@ -32,12 +34,17 @@ The document (version 1)::
 
 A node has ``op`` and, where not empty, ``target``, ``args`` (a list),
 ``kwargs`` (an object) and ``invoke`` (an invoke index, or absent). Targets:
-``[module path, call index]`` for ``output``, ``inputs``, ``set_output``,
-``set_inputs`` and ``set_input``; a name of :data:`OPERATORS` for
+``[module path, call]`` for ``output``, ``inputs``, ``set_output``,
+``set_inputs`` and ``set_input``, where the call is an index or
+``{"iteration": k}`` (entry ``k`` of ``iterations``: the node is a template
+run at each call of that range); a name of :data:`OPERATORS` for
 ``operator``; an attribute name for ``getattr``; a name of
 :data:`TENSOR_METHODS` for ``call_method``; a key of :data:`FUNCTIONS`
 (``"torch.sum"``, ``"torch.Tensor.add"``, ``"torch.nn.functional.softmax"``)
-for ``call_function``; a module path for ``call_module``; none otherwise.
+for ``call_function``; a module path for ``call_module``; none otherwise
+(``getitem``, ``setitem``, ``save``, ``grad``, ``set_grad``, ``backward``,
+``stop``). A graph with a ``tracer.cond`` block cannot be written either: its
+condition is an ``apply`` of ``bool``.
 
 A value is ``null``, ``true``/``false``, a finite number or a string, or an
 object with exactly one of these keys: ``{"node": i}`` (an earlier node),
@@ -66,6 +73,7 @@ import json
 import math
 import re
 from collections import Counter
+from itertools import accumulate
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple,
                     Union)
 
@@ -73,8 +81,7 @@ import torch
 
 from ._tree import map_structure
 from .errors import EnvoyAttributeError, GraphFormatError, InvokeError
-from .graph import EMPTY, MODULE_VALUE_OPS, OPS, Graph, Iteration, Node, display_path
-from .interleaver import Interleaver
+from .graph import EMPTY, MODULE_VALUE_OPS, Graph, Iteration, Node, display_path
 from .proxy import _BINARY, _COMPARISONS, _UNARY
 
 if TYPE_CHECKING:
@@ -367,6 +374,8 @@ class _Encoder:
 
     def _call(self, call: Any) -> Any:
         if type(call) is not Iteration:
+            if not (_is_int(call) and call >= 0):
+                raise self._fail(f"its call {call!r} is not an index >= 0 or an iteration")
             return call
         index = self._iteration_index.get(id(call))
         if index is None:
@@ -1030,8 +1039,8 @@ def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Seque
                               "in the batch dimension (dimension 0).")
         prepared.append(value)
         sizes.append(size)
-    starts = [sum(sizes[:k]) for k in range(len(sizes))]
-    graph.rows = [(start, start + size) for start, size in zip(starts, sizes)]
+    stops = list(accumulate(sizes))
+    graph.rows = [(stop - size, stop) for stop, size in zip(stops, sizes, strict=True)]
     graph.batch_size = sum(sizes)
     batched = model._batch_inputs(prepared, sizes)
     if len(sizes) > 1:  # as the Runner does: how the execution may enlarge the batch
@@ -1059,7 +1068,6 @@ def _invoke_groups(graph: Graph, inputs: Tuple[Any, ...], invokes: Optional[Sequ
 
 
 def _check_modules(model: NNsightModel, graph: Graph) -> None:
-    finder = Interleaver(graph, model._model, model._attached)
     for node in graph.nodes:
         if node.op in MODULE_VALUE_OPS:
             path = node.target[0]
@@ -1067,10 +1075,22 @@ def _check_modules(model: NNsightModel, graph: Graph) -> None:
             path = node.target
         else:
             continue
-        try:
-            finder.module(path)
-        except AttributeError:
+        if not _has_module(model, path):
             raise EnvoyAttributeError(
                 f"{node.describe()} (node %{node.index}) needs {display_path(path)}, which this "
                 f"{type(model).__name__} does not have: run the graph on a model with the module "
-                "tree it was recorded on.") from None
+                "tree it was recorded on.")
+
+
+def _has_module(model: NNsightModel, path: str) -> bool:
+    """Whether ``path`` names a module of the wrapped model (or one attached beside it), looked
+    up as the Interleaver does: through the module tree only."""
+    module = model._model
+    parts = path.split(".") if path else []
+    if parts and parts[0] in model._attached and parts[0] not in module._modules:
+        module = model._attached[parts.pop(0)]
+    for part in parts:
+        module = module._modules.get(part)
+        if module is None:
+            return False
+    return True

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 from . import _state
 from .errors import InputError, InvokeError, ProxyCallError, TraceStateError
 from .graph import Graph, Iteration, Node
+from .scan import Scan, validate
 from .session import keep_values
 
 if TYPE_CHECKING:
@@ -137,6 +138,8 @@ class Runner:
         self._invoker_args = invoker_args
         self._kwargs = kwargs
         self._scan = scan
+        self._scan_state: Optional[Scan] = None  # the last scan's fake values (nnsight_core.scan)
+        self._edit_nodes: set = set()  # indices of nodes replayed from persistent edits
         self._invoker: Optional[Invoker] = None
         self._auto: Optional[Invoker] = None
         self.invokers: List[Invoker] = []
@@ -175,6 +178,7 @@ class Runner:
         self._close()
         graph = self._graph
         if exc_type is not None:
+            self._scan_state = None
             graph.release()
             return
         unmark = keep_values(graph)  # inside model.session(): keep every value until it ends
@@ -186,9 +190,12 @@ class Runner:
                                                 [i.batch_size for i in self.invokers])
             if len(self.invokers) > 1:
                 graph.layouts = self._model.batch_layout(graph.batch_size, self._kwargs, self.method)
+            if self._scan:
+                validate(self, batched)  # on fake tensors, only if the graph needs checking
             self._output = self._model.interleave(self._model._execute, graph, batched,
                                                   method=self.method, **self._kwargs)
         finally:
+            self._scan_state = None
             graph.release()
             if unmark is not None:
                 unmark()

@@ -59,8 +59,7 @@ def to_dot(graph: Graph) -> str:
     """
     lines = ["digraph intervention_graph {",
              "  rankdir=TB;",
-             '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica", '
-             "fontsize=10];",
+             '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=9];']
     by_invoke: Dict[Optional[int], List[Node]] = {}
     for node in graph.nodes:

@@ -218,7 +218,7 @@ class BadInputCatalogue(SphinxDirective):
 def _load_catalogue(path: str) -> Any:
     module = _CATALOGUES.get(path)
     if module is None:
-        spec = importlib.util.spec_from_file_location("nnsight_docs_bad_inputs", path)
+        spec = importlib.util.spec_from_file_location("bad_input_catalogue", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses look their module up while it executes
         spec.loader.exec_module(module)

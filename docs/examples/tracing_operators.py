@@ -18,7 +18,8 @@ with model.trace(x):
     hidden = model.layer1.output
     shifted = (hidden * 2 - 1).save()                  # operators
     first_row = hidden[0].save()                       # indexing
-    shape = hidden.shape.save()                        # attribute access
+    dims = hidden.size().save()                        # method returning a non-tensor
+    width = hidden.shape[-1]                           # .shape is known while recording (scan)
     norms = hidden.norm(dim=-1).save()                 # method call
     activated = torch.relu(hidden).save()              # torch function (__torch_function__)
     mixed = torch.cat([hidden, -hidden], dim=1).save() # proxies inside containers work too
@@ -28,7 +29,7 @@ with torch.no_grad():
     h = net.layer1(x)
 assert torch.equal(shifted.value, h * 2 - 1)
 assert torch.equal(first_row.value, h[0])
-assert shape.value == torch.Size([3, 10])
+assert dims.value == torch.Size([3, 10]) and width == 10
 assert torch.equal(norms.value, h.norm(dim=-1))
 assert torch.equal(activated.value, torch.relu(h))
 assert torch.equal(mixed.value, torch.cat([h, -h], dim=1))

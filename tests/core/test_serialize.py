@@ -58,7 +58,7 @@ def test_reads_torch_functions_and_methods_execute_the_same():
             "softmax": torch.softmax(h, -1).save(),
             "gelu": F.gelu(h).save(),
             "window": h[:, 1:4].sum(dim=-1, keepdim=True).save(),
-            "shape": h.shape.save(),
+            "transposed": h.mT.save(),                   # getattr
             "tensor_left": (torch.ones(10) * h).save(),  # recorded by __torch_function__
             "ellipsis": h[..., -1].save(),
             "cast": h.to(torch.float64).save(),
@@ -66,7 +66,7 @@ def test_reads_torch_functions_and_methods_execute_the_same():
             "nan": torch.where(h > 0, h, float("nan")).save(),
             "clamp": torch.clamp(h, min=-math.inf, max=0.25).save(),
             "cat": torch.cat([h, h], dim=1)[:, ::3].save(),
-            "node_slice": h[:, : h.shape[1] - 5].save(),
+            "node_slice": h[:, : h.size(1) - 5].save(),  # a slice bound computed in the graph
             "reshape": h.reshape(torch.Size([10, 3])).save(),
             "out": model.output.save(),
         }
@@ -75,7 +75,7 @@ def test_reads_torch_functions_and_methods_execute_the_same():
         hv = net.layer1(x)
         expected = {
             "affine": hv * 2 + 1, "neg_abs": (-hv).abs(), "softmax": torch.softmax(hv, -1),
-            "gelu": F.gelu(hv), "window": hv[:, 1:4].sum(dim=-1, keepdim=True), "shape": hv.shape,
+            "gelu": F.gelu(hv), "window": hv[:, 1:4].sum(dim=-1, keepdim=True), "transposed": hv.mT,
             "tensor_left": torch.ones(10) * hv, "ellipsis": hv[..., -1], "cast": hv.double(),
             "device": hv, "nan": torch.where(hv > 0, hv, float("nan")),
             "clamp": hv.clamp(max=0.25), "cat": torch.cat([hv, hv], 1)[:, ::3], "node_slice": hv[:, :5],
@@ -244,7 +244,7 @@ def every_op_graph():
         h = model.act.output.abs()                               # call_method
         model.act.output = torch.relu(h) - 1                     # call_function, operator, set_output
         model.layer2.input = model.layer2(h)[:, :1] * h          # call_module, set_input
-        model.layer2.output.shape.save()                         # getattr, save
+        model.layer2.output.mT.save()                            # getattr, save
     # Gradient ops and stop, appended as the Graph API makes them (structure only: not run).
     graph = tracer.graph
     act, out = (n for n in graph.nodes if n.op == "output" and n.target[0] in ("act", "layer2"))
@@ -266,7 +266,7 @@ def test_every_serialisable_op_round_trips():
     loaded = from_json(text)
     assert to_json(loaded) == text
     assert str(loaded) == str(graph)
-    for old, new in zip(graph.nodes, loaded.nodes):
+    for old, new in zip(graph.nodes, loaded.nodes, strict=True):
         assert (new.op, new.target, new.invoke, new.saved, new.mutated) == (
             old.op, old.target, old.invoke, old.saved, old.mutated)
         assert [d.index for d in new.deps] == [d.index for d in old.deps]
@@ -292,7 +292,7 @@ def same_constant(a, b):
         assert type(b) is float and (math.isnan(a) and math.isnan(b) or (a == b and math.copysign(1, a) == math.copysign(1, b)))
     elif isinstance(a, (tuple, list)):
         assert type(b) is type(a) and len(a) == len(b)
-        for u, v in zip(a, b):
+        for u, v in zip(a, b, strict=True):
             same_constant(u, v)
     elif isinstance(a, dict):
         assert type(b) is dict and list(a) == list(b)
@@ -773,8 +773,49 @@ def test_iterations_over_calls_round_trip_and_execute_the_same():
     saved = run(model, graph, x)
     for got in (saved[every.node.index], every.value):
         assert len(got) == 3
-        for value, expected in zip(got, layers):
+        for value, expected in zip(got, layers, strict=True):
             assert_same(value, expected)
     assert_same(saved[out.node.index], h)
     assert_same(out.value, h)
     assert to_json(graph) == text
+
+
+def test_gradients_round_trip_and_execute_the_same():
+    net, x = make_net(), torch.rand(2, 5)
+    model = NNsight(net)
+    with model.trace(x) as tracer:
+        first = model.layer1.output
+        act = model.act.output
+        grad = first.grad.save()                      # grad
+        act.grad = act.grad * 2                       # set_grad
+        model.output.sum().backward()                 # backward
+        text = tracer.graph.to_json()
+    assert {"grad", "set_grad", "backward"} <= {n.op for n in tracer.graph.nodes}
+    # Plain autograd, with a tensor hook doubling the gradient at the activation.
+    h = net.layer1(x)
+    h.retain_grad()
+    a = net.act(h)
+    a.register_hook(lambda g: g * 2)
+    net.layer2(a).sum().backward()
+    net.zero_grad()
+    saved = run(model, Graph.from_json(text), x)
+    assert_same(saved[grad.node.index], h.grad)
+    assert_same(grad.value, h.grad)
+
+
+def test_stop_round_trips_and_stops_the_loaded_run():
+    net, x = make_net(), torch.rand(2, 5)
+    model = NNsight(net)
+    with model.trace(x) as tracer:
+        hidden = model.layer1.output.save()
+        tracer.stop()
+        text = tracer.graph.to_json()
+    calls = []
+    handle = net.layer2.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        saved = run(model, Graph.from_json(text), x)
+    finally:
+        handle.remove()
+    assert calls == []  # the model stopped before layer2
+    with torch.no_grad():
+        assert_same(saved[hidden.node.index], net.layer1(x))

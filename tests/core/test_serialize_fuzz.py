@@ -16,10 +16,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nnsight_core import OPS, Graph, GraphFormatError
+from nnsight_core import Graph, GraphFormatError
 from nnsight_core import serialize
-from nnsight_core.serialize import (DTYPES, FUNCTIONS, OPERATORS, TENSOR_METHODS, from_dict, from_json,
-                                    to_dict)
+from nnsight_core.serialize import (DTYPES, FUNCTIONS, OPERATORS, SERIALISABLE_OPS, TENSOR_METHODS, from_dict,
+                                    from_json, to_dict)
 
 from .test_serialize import ImportSentinel, every_op_graph, outcome
 
@@ -72,7 +72,7 @@ def check_graph(graph):
     backwards, stays within the limits, and writes back to an equal document."""
     allowed_functions = set(FUNCTIONS.values())
     for node in graph.nodes:
-        assert node.op in OPS
+        assert node.op in SERIALISABLE_OPS
         assert all(dep.index < node.index for dep in node.deps)
         if node.op == "call_function":
             assert node.target in allowed_functions
@@ -137,7 +137,7 @@ TARGETS = st.one_of(
 # A node: "op" plus any of its other fields, and now and then an unknown key.
 NODES = st.builds(
     lambda op, fields, extra: {"op": op, **fields, **extra},
-    st.sampled_from(sorted(OPS) + ["exec", "import", "call", "apply"]),
+    st.sampled_from(sorted(SERIALISABLE_OPS) + ["exec", "import", "call", "apply"]),
     st.fixed_dictionaries({}, optional={"target": TARGETS, "args": st.lists(TAGGED, max_size=3),
                                         "kwargs": st.dictionaries(st.text(max_size=5), TAGGED, max_size=2),
                                         "invoke": st.one_of(st.none(), st.integers(-1, 2), json_scalars)}),
@@ -213,11 +213,12 @@ def fix_references(value, nodes, tensors):
 
 
 PATHS = ["layer1", "act", "layer2", "", "block.0.mlp"]
+CALLS = st.one_of(st.integers(0, 3), st.just({"iteration": 0}))  # documents have one iteration
 NODE_TEMPLATES = st.one_of(
     st.builds(lambda p, c, i: {"op": "output", "target": [p, c], "invoke": i},
-              st.sampled_from(PATHS), st.integers(0, 3), st.integers(0, 1)),
+              st.sampled_from(PATHS), CALLS, st.integers(0, 1)),
     st.builds(lambda p, c, i: {"op": "inputs", "target": [p, c], "invoke": i},
-              st.sampled_from(PATHS), st.integers(0, 3), st.integers(0, 1)),
+              st.sampled_from(PATHS), CALLS, st.integers(0, 1)),
     st.builds(lambda name, other: {"op": "operator", "target": name,
                                    "args": [{"node": 0}] if OPERATORS[name] == 1 else [{"node": 0}, other]},
               st.sampled_from(sorted(OPERATORS)), VALID_VALUES),
@@ -235,6 +236,11 @@ NODE_TEMPLATES = st.one_of(
     st.builds(lambda path, args: {"op": "call_module", "target": path, "args": args},
               st.sampled_from(PATHS), st.lists(VALID_VALUES, max_size=2)),
     st.just({"op": "save", "args": [{"node": 0}]}),
+    st.just({"op": "grad", "args": [{"node": 0}]}),
+    st.builds(lambda kwargs: {"op": "backward", "args": [{"node": 0}], "kwargs": kwargs},
+              st.dictionaries(st.sampled_from(["retain_graph", "gradient"]), VALID_VALUES, max_size=1)),
+    st.builds(lambda refs: {"op": "stop", "args": refs},
+              st.lists(st.builds(lambda k: {"node": k}, st.integers(0, 50)), max_size=3)),
 )
 
 
@@ -247,16 +253,18 @@ def valid_documents(draw):
         node = fix_references(draw(NODE_TEMPLATES), index, len(tensors))
         if node["op"] in ("output", "inputs") or draw(st.booleans()):
             node.setdefault("invoke", draw(st.integers(0, 1)))
-        if node.get("args") and node["op"] in ("getitem", "setitem", "getattr", "call_method", "save") \
-                and "node" not in node["args"][0]:
+        on_node = ("getitem", "setitem", "getattr", "call_method", "save", "grad", "backward")
+        if node.get("args") and node["op"] in on_node and "node" not in node["args"][0]:
             node["args"][0] = {"node": 0}
         nodes.append(node)
-        if node["op"] == "output" and draw(st.booleans()):  # and an edit of it
-            nodes.append({"op": "set_output", "target": node["target"], "invoke": node["invoke"],
+        edit = {"output": "set_output", "grad": "set_grad"}.get(node["op"])
+        if edit and draw(st.booleans()):  # and an edit of it
+            nodes.append({"op": edit, **{k: node[k] for k in ("target", "invoke") if k in node},
                           "args": [{"node": index}, fix_references(draw(VALID_VALUES), index, len(tensors))]})
             break
-    return {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1], [1, 3]], "tensors": tensors,
-            "nodes": nodes}
+    iterations = draw(st.sampled_from([[[0, None, 1]], [[1, 3, 1]], [[2, None, 2]]]))
+    return {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1], [1, 3]], "iterations": iterations,
+            "tensors": tensors, "nodes": nodes}
 
 
 BASE = None

@@ -163,6 +163,14 @@ def nnsight_unsupported_kwarg(model):
         pass
 
 
+@case("NNsight", "A keyword argument given both to trace() and to an invoke", InputError,
+      r"keyword argument\(s\) x were given both to an invoke and to trace\(\)")
+def nnsight_keyword_twice(model):
+    with model.trace(x=X) as tracer:
+        with tracer.invoke(x=X):
+            pass
+
+
 @case("NNsight", "Invokes whose inputs differ in structure", BatchError,
       r"invoke 1's inputs are structured differently from invoke 0's")
 def nnsight_invokes_differ_in_structure(model):
@@ -232,7 +240,8 @@ def nnsight_output_outside_trace(model):
     model.layer1.output
 
 
-@case("NNsight", ".next() outside a trace", TraceStateError, r"model\.blocks\[0\]\.next\(\) is only available")
+@case("NNsight", ".next() outside a trace", TraceStateError,
+      r"model\.blocks\[0\]\.next\(\) is only available")
 def nnsight_next_outside_trace(model):
     model.blocks[0].next()
 
@@ -360,7 +369,7 @@ def nnsight_edit_from_later_module(model):
 
 
 @case("NNsight", "A shape mismatch inside the intervention", InterventionError,
-      r"node %\d+ operator\[matmul\] of model\.layer1\.output.*failed while the model ran")
+      r"node %\d+ operator\[matmul\] of model\.layer1\.output \(call 0, invoke 0\) at \S*bad_inputs\.py:\d+")
 def nnsight_shape_mismatch_in_graph(model):
     with model.trace(X):
         (model.layer1.output @ torch.ones(3, 3)).save()
@@ -539,7 +548,7 @@ def lm_token_index_after_trace(model):
 @case("LanguageModel", "A token index outside any invoke", InvokeError,
       r"model\.lm_head\.output was used outside an invoke")
 def lm_token_index_outside_invoke(model):
-    with model.trace() as tracer:
+    with model.trace():
         model.lm_head.output.t[-1].save()
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from nnsight_core import _state
 from nnsight_torch import NNsight
@@ -185,7 +186,8 @@ def snapshot(model: Any) -> Dict[str, Any]:
         "attributes": {path: sorted(vars(m)) for path, m in modules.items()},
         "training": {path: m.training for path, m in modules.items()},
         "grad_enabled": torch.is_grad_enabled(),
-        "wrapper": sorted(k for k in vars(model) if not k.startswith("_") and k not in model._envoy._children),
+        "wrapper": sorted(k for k in vars(model)
+                          if not k.startswith("_") and k not in model._envoy._children),
     }
 
 
@@ -211,6 +213,9 @@ def assert_clean(model: Any, before: Dict[str, Any]) -> None:
     assert _state.local.runners == [], "a trace is still registered as open in this thread"
     assert lock_is_free(model._lock), "the model's execution lock is still held"
     after = snapshot(model)
+    fake = [k for k, v in after["state"].items()
+            if isinstance(v, FakeTensor) or v.is_meta != before["state"][k].is_meta]
+    assert fake == [], f"fake or meta tensors left in the model: {fake}"
     assert after["attributes"] == before["attributes"], "a module gained or lost an attribute"
     assert after["training"] == before["training"]
     assert after["grad_enabled"] == before["grad_enabled"]

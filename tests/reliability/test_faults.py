@@ -47,7 +47,9 @@ def keyboard_interrupt_in_user_code(model: Any, subject: Subject) -> Tuple[BaseE
     return info.value, saved
 
 
-def _fault_in_forward(error: BaseException) -> Callable[[Any, Subject], Tuple[BaseException, Dict[str, Any]]]:
+def _fault_in_forward(error: BaseException, scanned: bool = False) -> Callable[[Any, Subject], Any]:
+    """The module at the subject's trip path raises ``error`` inside its forward: in the real
+    run, or (``scanned``) in the scan on fake tensors that asking for a ``.shape`` starts."""
     def inject(model: Any, subject: Subject) -> Tuple[BaseException, Dict[str, Any]]:
         with tripwire(model._model, subject.trip_path, error):
             with pytest.raises(type(error)) as info, torch.no_grad(), model.trace(subject.inputs):
@@ -56,17 +58,26 @@ def _fault_in_forward(error: BaseException) -> Callable[[Any, Subject], Tuple[Ba
                 trip = _envoy(model, subject.trip_path)
                 saved["trip_input"] = trip.input.save()
                 trip.output[..., 0] = 1
+                if scanned:
+                    trip.output.shape    # scans now, inside the block
         assert info.value is error
         return info.value, saved
     return inject
 
 
-def fault_in_intervention(model: Any, subject: Subject) -> Tuple[BaseException, Dict[str, Any]]:
-    with pytest.raises(InterventionError) as info, torch.no_grad(), model.trace(subject.inputs):
-        saved = _record(model, subject)
-        (_envoy(model, subject.trip_path).output @ torch.ones(3, 3)).save()   # shape mismatch
-    assert isinstance(info.value.__cause__, RuntimeError)
-    return info.value, saved
+def _fault_in_intervention(scan: bool) -> Callable[[Any, Subject], Any]:
+    """A shape mismatch in a recorded operation: found by the scan that asking for its ``.shape``
+    starts, or (``scan=False``) when the model runs."""
+    def inject(model: Any, subject: Subject) -> Tuple[BaseException, Dict[str, Any]]:
+        with pytest.raises(InterventionError) as info, torch.no_grad(), \
+                model.trace(subject.inputs, scan=scan):
+            saved = _record(model, subject)
+            product = (_envoy(model, subject.trip_path).output @ torch.ones(3, 3)).save()
+            if scan:
+                product.shape
+        assert isinstance(info.value.__cause__, RuntimeError)
+        return info.value, saved
+    return inject
 
 
 def keyboard_interrupt_in_intervention(model: Any, subject: Subject) -> Tuple[BaseException, Dict[str, Any]]:
@@ -93,7 +104,9 @@ FAULTS = {
     "keyboard_interrupt_user_code": keyboard_interrupt_in_user_code,
     "module_forward": _fault_in_forward(RuntimeError("raised inside a module's forward")),
     "keyboard_interrupt_module_forward": _fault_in_forward(KeyboardInterrupt()),
-    "intervention_shape_mismatch": fault_in_intervention,
+    "keyboard_interrupt_during_scan": _fault_in_forward(KeyboardInterrupt(), scanned=True),
+    "intervention_shape_mismatch": _fault_in_intervention(scan=False),
+    "intervention_shape_mismatch_found_by_scan": _fault_in_intervention(scan=True),
     "keyboard_interrupt_intervention": keyboard_interrupt_in_intervention,
     "input_preparation": fault_in_input_preparation,
 }

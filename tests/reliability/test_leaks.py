@@ -18,7 +18,7 @@ import psutil
 import pytest
 import torch
 
-from nnsight_core import MissedCallError, TokenIndexError
+from nnsight_core import Graph, MissedCallError, Node, Proxy, Runner, TokenIndexError
 from nnsight_core.graph import EMPTY
 from nnsight_torch import NNsight
 
@@ -27,13 +27,19 @@ from .conftest import PROMPT, assert_clean, hooks_left, make_subject, snapshot
 
 TRACES = 1000
 #: Resident memory the 1000 traces may add (allocator noise; the saved values take well under 1 MiB).
-RSS_NOISE = 16 * 2**20
+RSS_NOISE = 24 * 2**20
 
 
 def live_tensors() -> List[torch.Tensor]:
     """Python tensor objects alive after a full collection (parameters included)."""
     gc.collect()
     return [obj for obj in gc.get_objects() if issubclass(type(obj), torch.Tensor)]
+
+
+def live(kind: type) -> int:
+    """How many objects of exactly this class are alive after a full collection."""
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if type(obj) is kind)
 
 
 def _workload(net: Any, lm: Any) -> List[Callable[[List[Any]], None]]:
@@ -115,6 +121,7 @@ def test_a_thousand_traces_leave_only_the_saved_values(checkpoints):
     before_state = [snapshot(net), snapshot(lm)]
     process = psutil.Process()
     baseline = live_tensors()                 # held, so no id below is reused by a new tensor
+    structures = {kind: live(kind) for kind in (Graph, Node, Runner)}
     rss_before = process.memory_info().rss
 
     kept: List[Any] = []
@@ -137,12 +144,19 @@ def test_a_thousand_traces_leave_only_the_saved_values(checkpoints):
 
     assert saved <= new
     assert new - saved - bases == set(), f"{len(new - saved - bases)} tensors outlived their traces"
+    # A saved proxy keeps its trace's graph (printable, values freed); nothing else keeps one.
+    graphs = {id(p.node.graph): p.node.graph for p in kept if isinstance(p, Proxy)}
+    assert live(Graph) - structures[Graph] == len(graphs)
+    assert live(Node) - structures[Node] == sum(len(g.nodes) for g in graphs.values())
+    assert live(Runner) == structures[Runner]
+    del graphs
     assert_clean(net, before_state[0])
     assert_clean(lm, before_state[1])
     assert rss_after - rss_before < RSS_NOISE, f"RSS grew by {(rss_after - rss_before) / 2**20:.1f} MiB"
 
     del kept, values, after
     assert len(live_tensors()) == len(baseline)
+    assert {kind: live(kind) for kind in structures} == structures
 
 
 def test_a_saved_proxy_keeps_no_unsaved_value():

@@ -43,7 +43,8 @@ def test_intervention_on_a_module_never_called_raises(intervene):
 def test_generator_output_in_a_plain_trace_raises(checkpoints):
     subject = make_subject("llama", checkpoints)
     model = subject.make()
-    with pytest.raises(MissedCallError, match=r"model\.generator\.output \(call 0, invoke 0\) was never reached"):
+    with pytest.raises(MissedCallError,
+                       match=r"model\.generator\.output \(call 0, invoke 0\) was never reached"):
         with model.trace(PROMPT):
             model.generator.output.save()
 
@@ -54,8 +55,9 @@ def test_generator_output_in_a_plain_trace_raises(checkpoints):
 def test_call_index_beyond_the_calls_raises_for_reads_and_edits():
     model = NNsight(Net())
     for intervene in (lambda e: e.output.save(), lambda e: e.output.__setitem__(slice(None), 0)):
-        with pytest.raises(MissedCallError, match=r"model\.blocks\[0\]\.output \(call 2, invoke 0\) was never "
-                                                  r"reached: model\.blocks\[0\] ran 1 time\(s\), so its calls are 0-0"):
+        with pytest.raises(MissedCallError,
+                           match=r"model\.blocks\[0\]\.output \(call 2, invoke 0\) was never reached: "
+                                 r"model\.blocks\[0\] ran 1 time\(s\), so its calls are 0-0"):
             with model.trace(X):
                 intervene(model.blocks[0].next(2))
 
@@ -71,7 +73,8 @@ def test_generation_that_stops_early_raises_for_the_steps_that_never_came(checkp
     with torch.no_grad():
         first = int(fresh(**prompt).logits[0, -1].argmax())    # greedy step 1
     model = subject.make()
-    with pytest.raises(MissedCallError, match=r"model\.lm_head\.output \(call 2, invoke 0\) was never reached: "
+    with pytest.raises(MissedCallError,
+                       match=r"model\.lm_head\.output \(call 2, invoke 0\) was never reached: "
                                               r"model\.lm_head ran 1 time"):
         with torch.no_grad(), model.generate(PROMPT, max_new_tokens=5, eos_token_id=first):
             model.lm_head.next(2).output[:] = 0
@@ -166,7 +169,8 @@ def test_misspelt_module_value_assignment_raises_and_leaves_the_module_unchanged
 
 def test_generation_arguments_given_to_a_trace_raise(checkpoints):
     model = make_subject("llama", checkpoints).make()
-    with pytest.raises(InputError, match=r"trace\(\) was given generate\(\) arguments \(do_sample, max_new_tokens\)"):
+    with pytest.raises(InputError,
+                       match=r"trace\(\) was given generate\(\) arguments \(do_sample, max_new_tokens\)"):
         with model.trace(PROMPT, max_new_tokens=3, do_sample=True):
             model.lm_head.output.save()
 

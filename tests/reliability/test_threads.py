@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List
 
+import pytest
 import torch
 
 from nnsight_torch import NNsight
@@ -74,7 +75,8 @@ def _run_threads(targets: List[Callable[[], None]]) -> List[BaseException]:
 
 def _assert_equal(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], who: str) -> None:
     for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=lambda m, key=key: f"{who} {key}: {m}")
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0,
+                                   msg=lambda m, key=key: f"{who} {key}: {m}")
 
 
 def test_two_threads_tracing_one_model_get_their_own_results():
@@ -98,7 +100,8 @@ def test_two_threads_tracing_one_model_get_their_own_results():
 def test_two_threads_tracing_two_models_get_their_own_results():
     models = {"a": NNsight(Net()), "b": NNsight(Net())}
     befores = {name: snapshot(m) for name, m in models.items()}
-    jobs = {name: [(_inputs(100 * k + i), -1.0 - k - i) for i in range(ROUNDS)] for k, name in enumerate(models)}
+    jobs = {name: [(_inputs(100 * k + i), -1.0 - k - i) for i in range(ROUNDS)]
+            for k, name in enumerate(models)}
     expected = {name: [_expected(x, s) for x, s in job] for name, job in jobs.items()}
     results: Dict[str, list] = {"a": [], "b": []}
 
@@ -146,7 +149,8 @@ class GatedNet(Net):
 
 def test_plain_calls_from_another_thread_during_a_trace_see_no_edit():
     """While one thread's trace is executing (hooks in place), another thread calls the module
-    directly, with trace=False, and records a trace of its own: none of them sees the edit."""
+    directly and records a trace of its own, and a third runs trace=False (which waits for the
+    execution to end): none of them sees the edit."""
     net = GatedNet()
     model = NNsight(net)
     before = snapshot(model)
@@ -165,22 +169,85 @@ def test_plain_calls_from_another_thread_during_a_trace_see_no_edit():
     arrived = net.gate.hold("tracer", release)
     thread = threading.Thread(target=tracer, name="tracer")
     thread.start()
+    plain: Dict[str, Any] = {}
+    other = threading.Thread(target=lambda: plain.update(out=model.trace(y, trace=False)))
     try:
         assert arrived.wait(5.0), "the tracing thread never reached the model"
+        other.start()
         with torch.no_grad():
             direct = net(y)
-            no_trace = model.trace(y, trace=False)
             with model.trace(y):
                 recorded = model.output.save()
                 release.set()                     # recorded here; it runs once the other trace ends
     finally:
         release.set()
         thread.join()
+        other.join()
     torch.testing.assert_close(direct, plain_y, rtol=0, atol=0)
-    torch.testing.assert_close(no_trace, plain_y, rtol=0, atol=0)
+    torch.testing.assert_close(plain["out"], plain_y, rtol=0, atol=0)
     torch.testing.assert_close(recorded.value, plain_y, rtol=0, atol=0)
     assert bool((traced["out"].value == 0).all())
     assert_clean(model, before)
+
+
+def _hold_a_scan(net: GatedNet, model: Any, x: torch.Tensor) -> Any:
+    """Start a thread whose trace asks for a ``.shape``, so it scans on fake tensors; return it
+    (held in the scan, at the gate), the event that releases it, and its results."""
+    release, results = threading.Event(), {}
+    arrived = net.gate.hold("scanner", release)
+
+    def scanner() -> None:
+        with torch.no_grad(), model.trace(x):
+            model.layer2.output = model.layer2.output + 1
+            results["shape"] = model.layer2.output.shape
+            results["out"] = model.output.save()
+
+    thread = threading.Thread(target=scanner, name="scanner")
+    thread.start()
+    assert arrived.wait(5.0), "the scanning thread never reached the model"
+    return thread, release, results
+
+
+def test_trace_false_from_another_thread_waits_for_a_scan():
+    """A scan swaps the model's weights for fake ones while it runs: trace=False from another
+    thread waits for it (the model's execution lock) and computes on the real weights."""
+    net = GatedNet()
+    model = NNsight(net)
+    before = snapshot(model)
+    x, y = _inputs(4), _inputs(5)
+    with torch.no_grad():
+        plain_x, plain_y = Net()(x), Net()(y)
+    thread, release, results = _hold_a_scan(net, model, x)
+    plain: Dict[str, Any] = {}
+    other = threading.Thread(target=lambda: plain.update(out=model.trace(y, trace=False)))
+    try:
+        other.start()
+        other.join(0.5)            # it waits on the lock while the scan is held
+    finally:
+        release.set()
+        thread.join()
+        other.join()
+    assert type(plain["out"]) is torch.Tensor
+    torch.testing.assert_close(plain["out"], plain_y, rtol=0, atol=0)
+    torch.testing.assert_close(results["out"].value, plain_x + 1, rtol=0, atol=0)
+    assert_clean(model, before)
+
+
+def test_direct_call_from_another_thread_during_a_scan_sees_real_weights():
+    net = GatedNet()
+    model = NNsight(net)
+    x, y = _inputs(6), _inputs(7)
+    with torch.no_grad():
+        plain_y = Net()(y)
+    thread, release, _ = _hold_a_scan(net, model, x)
+    try:
+        with torch.no_grad():
+            direct = net(y)
+    finally:
+        release.set()
+        thread.join()
+    assert type(direct) is torch.Tensor, f"a direct call during a scan returned a {type(direct).__name__}"
+    torch.testing.assert_close(direct, plain_y, rtol=0, atol=0)
 
 
 def test_two_wrappers_of_one_module_in_two_threads_do_not_undo_each_others_hooks():
@@ -207,7 +274,8 @@ def test_two_wrappers_of_one_module_in_two_threads_do_not_undo_each_others_hooks
             if name == "A":
                 a_done.set()
 
-    threads = [threading.Thread(target=trace_with, args=(m, n), name=n) for m, n in ((first, "A"), (second, "B"))]
+    threads = [threading.Thread(target=trace_with, args=(m, n), name=n)
+               for m, n in ((first, "A"), (second, "B"))]
     threads[0].start()
     assert a_arrived.wait(5.0)
     threads[1].start()

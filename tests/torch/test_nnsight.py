@@ -177,7 +177,7 @@ def test_operators_and_torch_functions_on_proxies(net):
             "matmul": (h @ torch.ones(10, 3)).save(), "neg": (-h).save(), "abs": abs(h).save(),
             "lt": (h < 0).save(), "ge": (h >= 0).save(), "eq": (h == h).save(),
             "cat": torch.cat([h, h], dim=1).save(), "relu": torch.nn.functional.relu(h).save(),
-            "sum": h.sum(dim=1).save(), "method": h.softmax(-1).save(), "shape": h.shape.save(),
+            "sum": h.sum(dim=1).save(), "method": h.softmax(-1).save(), "shape": h.size().save(),
             "tensor_lhs": (torch.ones(2, 10) * h).save(), "getitem": h[:, 2:4].save(),
         }
     seen, _ = raw_outputs(net, x, ["layer1"])

@@ -100,7 +100,9 @@ def test_dispatch_model_method(reads, tiny):
 
 def test_from_pretrained_kwargs_apply_at_dispatch(tiny):
     lm = LanguageModel(tiny.folder, dtype=torch.float64)
+    assert {p.dtype for p in lm._model.parameters()} == {torch.float64}   # the meta skeleton too
     with torch.no_grad(), lm.trace(SHORT):
+        assert lm.lm_head.output.dtype == torch.float64                  # scanned before dispatch
         logits = lm.lm_head.output.save()
     assert {p.dtype for p in lm._model.parameters()} == {torch.float64}
     assert logits.value.dtype == torch.float64

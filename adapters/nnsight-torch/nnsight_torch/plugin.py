@@ -96,7 +96,8 @@ def _check_keywords(cls: type, method: str, invoke_kwargs: Dict[str, Any], kwarg
     accepted = _keywords(cls, method)
     unknown = sorted(set(invoke_kwargs).union(kwargs) - accepted) if accepted is not None else []
     if unknown:
-        raise InputError(f"{cls.__name__}.{method}() takes no keyword argument {', '.join(map(repr, unknown))} "
+        names = ", ".join(map(repr, unknown))
+        raise InputError(f"{cls.__name__}.{method}() takes no keyword argument {names} "
                          f"(given to trace() or an invoke); its keyword arguments are: "
                          f"{', '.join(sorted(accepted)) or 'none'}.")
 

@@ -58,9 +58,12 @@ def nnsight_load(model: Any, model_key: Any, args: Tuple[Any, ...], kwargs: Dict
             model_key, **{**checkpoint, **model.tokenizer_kwargs})
     if meta:
         config = AutoConfig.from_pretrained(model_key, **checkpoint)
+        # The skeleton has the dtype the weights will load in, so a scan before dispatch reports it.
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        extra = {"dtype": dtype} if isinstance(dtype, torch.dtype) else {}
         with init_empty_weights():
             return model.automodel.from_config(
-                config, trust_remote_code=checkpoint.get("trust_remote_code", False))
+                config, trust_remote_code=checkpoint.get("trust_remote_code", False), **extra)
     return model.automodel.from_pretrained(model_key, *args, **kwargs)
 
 

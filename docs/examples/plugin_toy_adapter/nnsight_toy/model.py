@@ -8,6 +8,7 @@ from a checkpoint.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from typing import List
 
@@ -40,7 +41,7 @@ def build(spec: str, seed: int = 0) -> torch.nn.Sequential:
     layers: OrderedDict[str, torch.nn.Module] = OrderedDict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
             if i:
                 layers[f"relu{i - 1}"] = torch.nn.ReLU()
             layers[f"layer{i}"] = torch.nn.Linear(n_in, n_out)
