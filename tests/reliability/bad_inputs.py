@@ -11,10 +11,10 @@ wrapper of its adapter. It is data for two consumers:
   captured when the documentation is built.
 
 This module imports nothing from pytest, so the documentation build can load
-it by path. Adding an adapter (e.g. ``DiffusionModel``): add a builder of a
-fresh, tiny model to :data:`BUILDERS` under the adapter's name, then append
-cases with ``@case("DiffusionModel", ...)``; the test needs a matching entry in
-its ``CHECKS`` (how to compare the model with a fresh one).
+it by path. Adding an adapter: add a builder of a fresh, tiny model to
+:data:`BUILDERS` under the adapter's name, then append cases with
+``@case("<name>", ...)``; the test needs a matching entry in its ``CHECKS``
+(how to compare the model with a fresh one).
 """
 
 from __future__ import annotations
@@ -110,10 +110,29 @@ def _language_model() -> Any:
     return LanguageModel(_tiny_llama())
 
 
+@functools.lru_cache(maxsize=None)
+def _tiny_pipeline() -> str:
+    import tempfile
+
+    from nnsight_diffusers.testing import tiny_stable_diffusion
+
+    return tiny_stable_diffusion(tempfile.mkdtemp(prefix="nnsight-bad-inputs-"))
+
+
+def _diffusion_model() -> Any:
+    from nnsight_diffusers import DiffusionModel
+
+    model = DiffusionModel(_tiny_pipeline())
+    model.dispatch_model()
+    model.pipeline.set_progress_bar_config(disable=True)
+    return model
+
+
 #: Adapter name -> function returning a fresh model of that adapter.
 BUILDERS: Dict[str, Callable[[], Any]] = {
     "NNsight": lambda: NNsight(Net()),
     "LanguageModel": _language_model,
+    "DiffusionModel": _diffusion_model,
 }
 
 
@@ -603,3 +622,77 @@ def lm_assign_other_invokes_rows(model):
             both = model.model.layers[0].output
         with tracer.invoke("Paris"):
             model.model.layers[0].output = both
+
+
+# -- DiffusionModel (a tiny Stable Diffusion pipeline; "a cat" style prompts) ------------------
+
+
+@case("DiffusionModel", "A single module instead of a pipeline", ModelKeyError,
+      r"DiffusionModel wraps a diffusers pipeline .* not a Linear module")
+def diffusion_module_key(model):
+    from nnsight_diffusers import DiffusionModel
+
+    DiffusionModel(torch.nn.Linear(2, 2))
+
+
+@case("DiffusionModel", "A class label given to a text-to-image pipeline", InputError,
+      r"StableDiffusionPipeline takes text prompts: give a str or a list of str, not int")
+def diffusion_label_for_text(model):
+    with model.trace(3):
+        pass
+
+
+@case("DiffusionModel", "An empty list of prompts", InputError, r"empty list: give at least one prompt")
+def diffusion_empty_prompts(model):
+    with model.trace([]):
+        pass
+
+
+@case("DiffusionModel", "A pipeline argument given to an invoke", InputError,
+      r"guidance_scale must go to trace\(\)/generate\(\) instead")
+def diffusion_invoke_kwargs(model):
+    with model.trace() as tracer:
+        with tracer.invoke("a cat", guidance_scale=3.0):
+            pass
+
+
+@case("DiffusionModel", "Both seed= and generator=", InputError, r"either seed= or generator=, not both")
+def diffusion_seed_and_generator(model):
+    with model.trace("a cat", seed=0, generator=torch.Generator()):
+        model.unet.output.save()
+
+
+@case("DiffusionModel", "A denoising step beyond num_inference_steps", MissedCallError,
+      r"model\.unet\.output \(call 2, invoke 0\) was never reached: model\.unet ran 2 time")
+def diffusion_step_beyond(model):
+    with model.generate("a cat", num_inference_steps=2, seed=0):
+        model.unet.next(2).output.save()
+
+
+@case("DiffusionModel", "An iteration range past the last step", MissedCallError,
+      r"model\.unet\.output \(calls 1, 2, 3\) never reached call 2: model\.unet ran 2 time")
+def diffusion_iter_beyond(model):
+    with model.generate("a cat", num_inference_steps=2, seed=0) as tracer:
+        with tracer.iter[1:4]:
+            model.unet.output.save()
+
+
+@case("DiffusionModel", "The VAE's output (the pipeline calls vae.decode, not forward)", MissedCallError,
+      r"model\.vae\.output \(call 0, invoke 0\) was never reached: model\.vae never ran")
+def diffusion_vae_forward(model):
+    with model.trace("a cat", seed=0):
+        model.vae.output.save()
+
+
+@case("DiffusionModel", "A misspelt component", EnvoyAttributeError,
+      r"model\.unett does not exist: .* children are: vae, text_encoder, unet")
+def diffusion_unknown_component(model):
+    with model.trace("a cat", seed=0):
+        model.unett.output.save()
+
+
+@case("DiffusionModel", "A noise prediction assigned without the guidance half", BatchError,
+      r"owns 2 row\(s\) of the batch but assigned a value of shape \(1, 4, 8, 8\)")
+def diffusion_assign_one_half(model):
+    with model.trace("a cat", seed=0):
+        model.unet.output = (torch.zeros(1, 4, 8, 8),)

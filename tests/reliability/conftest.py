@@ -31,10 +31,12 @@ from ..transformers.conftest import ARCHS, build_model, build_tokenizer
 from .bad_inputs import X, Net
 
 #: Where each subject's probe reads and edits, and which leaf module a fault is injected into.
-PROBE_PATH = {"nnsight": "blocks.0", "gpt2": "transformer.h.0.mlp", "llama": "model.layers.0.mlp"}
-TRIP_PATH = {"nnsight": "blocks.1", "gpt2": "transformer.h.1.mlp.act", "llama": "model.layers.1.mlp.act_fn"}
+PROBE_PATH = {"nnsight": "blocks.0", "gpt2": "transformer.h.0.mlp", "llama": "model.layers.0.mlp",
+              "diffusion": "unet.conv_in"}
+TRIP_PATH = {"nnsight": "blocks.1", "gpt2": "transformer.h.1.mlp.act", "llama": "model.layers.1.mlp.act_fn",
+             "diffusion": "unet.conv_out"}
 PROMPT = "The Eiffel Tower is in the city of"
-SUBJECTS = ("nnsight",) + ARCHS
+SUBJECTS = ("nnsight",) + ARCHS + ("diffusion",)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Subject:
     plain: Callable[[torch.nn.Module], Any]       # run a plain module on the same inputs
     final: Callable[[Any], torch.Tensor]          # the model output's main tensor
     atol: float
+    seeded: bool = False                          # seed torch's RNG before each run (sampling models)
 
     @property
     def probe_path(self) -> str:
@@ -59,6 +62,8 @@ class Subject:
 
     def probe(self, model: Any) -> Dict[str, torch.Tensor]:
         """Trace once: save the probed module's output, zero its last feature, save the final output."""
+        if self.seeded:
+            torch.manual_seed(0)
         with torch.no_grad(), model.trace(self.inputs):
             envoy = _envoy(model, self.probe_path)
             before = envoy.output.clone().save()
@@ -78,6 +83,8 @@ class Subject:
             return output
 
         handle = module.get_submodule(self.probe_path).register_forward_hook(hook)
+        if self.seeded:
+            torch.manual_seed(0)
         try:
             with torch.no_grad():
                 seen["final"] = self.final(self.plain(module))
@@ -113,12 +120,17 @@ def checkpoints(tmp_path_factory) -> Dict[str, str]:
         build_model(arch, tok).save_pretrained(folder)
         tok.save_pretrained(folder)
         folders[arch] = str(folder)
+    from nnsight_diffusers.testing import tiny_stable_diffusion
+
+    folders["diffusion"] = tiny_stable_diffusion(root / "diffusion")
     return folders
 
 
 def make_subject(name: str, checkpoints: Dict[str, str]) -> Subject:
     if name == "nnsight":
         return Subject(name, lambda: NNsight(Net()), Net, X, lambda m: m(X), lambda out: out, atol=0)
+    if name == "diffusion":
+        return _diffusion_subject(checkpoints["diffusion"])
     from nnsight_transformers import LanguageModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,9 +141,29 @@ def make_subject(name: str, checkpoints: Dict[str, str]) -> Subject:
                    PROMPT, lambda m: m(input_ids=ids), lambda out: out.logits, atol=1e-5)
 
 
+def _diffusion_subject(folder: str) -> Subject:
+    """A tiny Stable Diffusion pipeline; a trace runs one denoising step from torch's seeded RNG."""
+    import numpy as np
+    from diffusers import DiffusionPipeline
+    from nnsight_diffusers import Diffuser, DiffusionModel
+
+    def fresh() -> Diffuser:
+        pipeline = DiffusionPipeline.from_pretrained(folder)
+        pipeline.set_progress_bar_config(disable=True)
+        return Diffuser(pipeline)
+
+    def make() -> DiffusionModel:
+        return DiffusionModel(fresh().pipeline)
+
+    return Subject("diffusion", make, fresh, "a photo of a cat",
+                   lambda m: m("a photo of a cat", num_inference_steps=1),
+                   lambda out: torch.as_tensor(np.stack([np.asarray(i) for i in out.images])),
+                   atol=0, seeded=True)
+
+
 @pytest.fixture(params=SUBJECTS)
 def subject(request, checkpoints) -> Subject:
-    """Each adapter's tiny model in turn: NNsight, LanguageModel (GPT-2), LanguageModel (Llama)."""
+    """Each adapter's tiny model in turn: NNsight, LanguageModel (GPT-2, Llama), DiffusionModel."""
     return make_subject(request.param, checkpoints)
 
 

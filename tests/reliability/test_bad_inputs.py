@@ -39,10 +39,25 @@ def _check_language_model(model: Any) -> None:
         torch.testing.assert_close(logits.value, fresh(input_ids=ids).logits, rtol=0, atol=1e-5)
 
 
+def _check_diffusion_model(model: Any) -> None:
+    """A one-step trace's images equal a fresh plain pipeline loaded from the same folder."""
+    from diffusers import DiffusionPipeline
+
+    with torch.no_grad(), model.trace("a cat", seed=0, output_type="pt") as tracer:
+        pass
+    fresh = DiffusionPipeline.from_pretrained(model.model_key)
+    fresh.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        expected = fresh("a cat", generator=[torch.Generator().manual_seed(0)], num_inference_steps=1,
+                         output_type="pt").images
+    torch.testing.assert_close(tracer.output.images, expected, rtol=0, atol=0)
+
+
 #: Adapter name -> check that a model still computes what a fresh one does.
 CHECKS: Dict[str, Callable[[Any], None]] = {
     "NNsight": _check_nnsight,
     "LanguageModel": _check_language_model,
+    "DiffusionModel": _check_diffusion_model,
 }
 
 
