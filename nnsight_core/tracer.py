@@ -131,20 +131,23 @@ class Runner:
 
     def __init__(self, model: NNsightModel, inputs: Tuple[Any, ...], invoker_args: Dict[str, Any],
                  kwargs: Dict[str, Any], scan: bool = True, method: Optional[str] = None) -> None:
-        self._model = model
-        self.method = method
-        self._graph = Graph()
-        self._inputs = inputs
-        self._invoker_args = invoker_args
-        self._kwargs = kwargs
-        self._scan = scan
-        self._scan_state: Optional[Scan] = None  # the last scan's fake values (nnsight_core.scan)
-        self._edit_nodes: set = set()  # indices of nodes replayed from persistent edits
-        self._invoker: Optional[Invoker] = None
-        self._auto: Optional[Invoker] = None
-        self.invokers: List[Invoker] = []
-        self._caches: List[Callable[[Invoker], None]] = []
-        self._output: Any = None
+        # Set through __dict__: __setattr__ below guards user assignments, not these.
+        self.__dict__.update(
+            _model=model,
+            method=method,
+            _graph=Graph(),
+            _inputs=inputs,
+            _invoker_args=invoker_args,
+            _kwargs=kwargs,
+            _scan=scan,
+            _scan_state=None,      # the last scan's fake values (nnsight_core.scan)
+            _edit_nodes=set(),     # indices of nodes replayed from persistent edits
+            _invoker=None,         # the open invoke
+            _auto=None,            # the invoke trace() opened for its own inputs
+            invokers=[],
+            _caches=[],            # callbacks recording trace-wide caches as invokes close
+            _output=None,
+        )
 
     @property
     def graph(self) -> Graph:
