@@ -36,13 +36,55 @@ _manager: Optional[pluggy.PluginManager] = None
 _lock = threading.Lock()
 
 
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting changes to its plugins so :func:`call_hook` can reuse answers.
+
+    ``changes`` grows with every registration, unregistration, block, new
+    hookspec and hook-call monitor (tracing); ``monitors`` counts the active
+    monitors. Everything else is pluggy's.
+    """
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.changes = 0
+        self.monitors = 0
+
+    def register(self, plugin: Any, name: Optional[str] = None) -> Optional[str]:
+        self.changes += 1
+        return super().register(plugin, name)
+
+    def unregister(self, plugin: Any = None, name: Optional[str] = None) -> Any:
+        self.changes += 1
+        return super().unregister(plugin, name)
+
+    def set_blocked(self, name: str) -> None:
+        self.changes += 1
+        super().set_blocked(name)
+
+    def add_hookspecs(self, module_or_class: Any) -> None:
+        self.changes += 1
+        super().add_hookspecs(module_or_class)
+
+    def add_hookcall_monitoring(self, before: Any, after: Any) -> Callable[[], None]:
+        self.changes += 1
+        self.monitors += 1
+        undo = super().add_hookcall_monitoring(before, after)
+
+        def stop() -> None:
+            self.changes += 1
+            self.monitors -= 1
+            undo()
+
+        return stop
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     """Return the process-wide plugin manager, loading entry points on first use."""
     global _manager
     if _manager is None:
         with _lock:
             if _manager is None:
-                manager = pluggy.PluginManager(hookspecs.PROJECT)
+                manager = _PluginManager(hookspecs.PROJECT)
                 manager.add_hookspecs(hookspecs)
                 for name in blocked_plugins():
                     manager.set_blocked(name)
@@ -152,11 +194,28 @@ def _first_items(parts: Iterable[str], limit: int = 4) -> str:
 def call_hook(name: str, **kwargs: Any) -> Any:
     """Call the firstresult hook ``name`` and raise if no adapter answered.
 
+    Every adapter answers for the wrappers that are its own, so once an
+    implementation has answered for a wrapper it is asked directly the next
+    time, while the plugins are unchanged, no hook wrapper or monitor
+    (``NNSIGHT_TRACE_HOOKS``) is active and it keeps answering; otherwise the
+    call goes through pluggy as usual. This keeps the cost of a hook call
+    independent of how many adapters are installed.
+
     Raises:
         AdapterNotFoundError: Naming the hook, the wrapper class and the loaded adapters.
     """
     manager = _manager or get_plugin_manager()
-    result = getattr(manager.hook, name)(**kwargs)
+    model = kwargs.get("model")
+    answers = getattr(model, "__dict__", None)
+    answers = answers.get(_ANSWERS) if answers is not None else None
+    changes = getattr(manager, "changes", None)
+    if answers is not None and name in answers:
+        seen, impl = answers[name]
+        if seen == changes and not manager.monitors:
+            result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+            if result is not None:
+                return result
+    result = _call_and_remember(manager, name, kwargs, model, changes)
     if result is None:
         model = kwargs.get("model")
         loaded = ", ".join(n for n, _ in manager.list_name_plugin() if not n.isdigit()) or "none"
@@ -166,3 +225,27 @@ def call_hook(name: str, **kwargs: Any) -> Any:
             f"check {BLOCK_ENV} does not block it."
         )
     return result
+
+
+#: Key in a wrapper's ``__dict__`` of the hook implementations that answered for it.
+_ANSWERS = "_nnsight_hook_answers"
+
+
+def _call_and_remember(manager: pluggy.PluginManager, name: str, kwargs: Any, model: Any,
+                       changes: Optional[int]) -> Any:
+    """Ask the implementations as pluggy would (last registered first) and remember who answered.
+
+    Falls back to pluggy's own call when answers cannot be reused: a manager
+    that does not count its changes, an active monitor, or any hook wrapper.
+    """
+    caller = getattr(manager.hook, name)
+    impls = caller.get_hookimpls()
+    if (changes is None or manager.monitors or not hasattr(model, "__dict__")
+            or any(impl.wrapper or impl.hookwrapper for impl in impls)):
+        return caller(**kwargs)
+    for impl in reversed(impls):
+        result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+        if result is not None:
+            model.__dict__.setdefault(_ANSWERS, {})[name] = (changes, impl)
+            return result
+    return None
