@@ -27,7 +27,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from nnsight_core import _state
 from nnsight_torch import NNsight
 
-from ..transformers.conftest import ARCHS, build_model, build_tokenizer
+from ..transformers.conftest import ARCHS, save_tiny_lms
 from .bad_inputs import X, Net
 
 #: Where each subject's probe reads and edits, and which leaf module a fault is injected into.
@@ -108,19 +108,11 @@ def _envoy(model: Any, path: str) -> Any:
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> Dict[str, str]:
-    """Tiny GPT-2 and Llama checkpoints with an offline tokenizer, as tests/transformers builds them."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    root = tmp_path_factory.mktemp("reliability_lms")
-    tok = build_tokenizer()
-    folders = {}
-    for arch in ARCHS:
-        folder = root / arch
-        build_model(arch, tok).save_pretrained(folder)
-        tok.save_pretrained(folder)
-        folders[arch] = str(folder)
+    """Tiny GPT-2 and Llama checkpoints (as tests/transformers builds them) and a tiny SD pipeline."""
     from nnsight_diffusers.testing import tiny_stable_diffusion
+
+    root = tmp_path_factory.mktemp("reliability_models")
+    folders = save_tiny_lms(root)
 
     folders["diffusion"] = tiny_stable_diffusion(root / "diffusion")
     return folders

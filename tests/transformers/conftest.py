@@ -96,13 +96,11 @@ def build_model(arch: str, tok) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config)
 
 
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> dict[str, str]:
-    """Folders holding a saved tiny model and the tokenizer, one per architecture."""
+def save_tiny_lms(root) -> dict[str, str]:
+    """Save a tiny model and the tokenizer into ``root/<arch>`` for each architecture; return the folders."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    root = tmp_path_factory.mktemp("tiny_lms")
     tok = build_tokenizer()
     folders = {}
     for arch in ARCHS:
@@ -111,6 +109,12 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
         tok.save_pretrained(folder)
         folders[arch] = str(folder)
     return folders
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Folders holding a saved tiny model and the tokenizer, one per architecture."""
+    return save_tiny_lms(tmp_path_factory.mktemp("tiny_lms"))
 
 
 @pytest.fixture(scope="session")
