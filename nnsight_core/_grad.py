@@ -141,7 +141,13 @@ class Gradients:
     the tensor hooks registered so far, and the gradient whose hook is running.
 
     Example:
-        >>> gradients = Gradients(graph)     # doctest: +SKIP  (made by the Interleaver)
+        >>> from nnsight_core._grad import Gradients
+        >>> with model.trace(x) as tracer:
+        ...     g = model.layer1.output.grad.save()
+        ...     model.output.sum().backward()
+        >>> gradients = Gradients(tracer.graph)    # the Interleaver makes one per execution
+        >>> [grad.index for grad in gradients.owned[5]]   # node %5 (the backward) feeds %1
+        [1]
 
     Raises:
         GradientError: On creation, when a ``grad`` node has no ``backward`` after it.
@@ -267,6 +273,9 @@ class Gradients:
         """
         for grad_index, owner in self.owners.items():
             grad = owner.graph.nodes[grad_index]
+            if not grad.done and owner.skipped:
+                _skip_with_users(grad)  # its backward sat in a false tracer.cond block
+                continue
             if not grad.done and not owner.done:
                 raise MissedCallError(
                     f"{grad.describe()}{_at(grad)} never got its gradient: its backward pass "
@@ -278,3 +287,13 @@ class Gradients:
         """Remove every tensor hook (saved tensors must not call into a finished execution)."""
         while self._handles:
             self._handles.pop().remove()
+
+
+def _skip_with_users(node: Node) -> None:
+    """Mark ``node`` and everything computed from it as skipped (not run, by a false condition)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if not current.done:
+            current.done = current.skipped = True
+            stack.extend(current.users)

@@ -409,3 +409,20 @@ def test_a_second_backward_without_retain_graph_names_the_node(net):
             loss.backward()
             loss.backward()
     assert_clean(net, model)
+
+
+def test_a_backward_in_a_false_condition_skips_its_gradients():
+    from nnsight_core import ValueNotSetError
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Linear(3, 2))
+    model = NNsight(net)
+    with model.trace(torch.rand(2, 5)) as tracer:
+        hidden = model[0].output
+        grad = hidden.grad.save()
+        with tracer.cond(hidden.sum() > 1e9):
+            model.output.sum().backward()
+        out = model.output.save()
+    with pytest.raises(ValueNotSetError, match="condition of its tracer.cond"):
+        grad.value
+    assert out.value.shape == (2, 2)
