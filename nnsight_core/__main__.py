@@ -59,8 +59,9 @@ def plugin_infos(manager: Optional[pluggy.PluginManager] = None) -> List[PluginI
     """Describe every plugin registered with ``manager`` (default the process-wide one).
 
     Example:
-        >>> [info.name for info in plugin_infos()]   # doctest: +SKIP
-        ['torch', 'transformers']
+        >>> infos = plugin_infos()
+        >>> next(info.module for info in infos if info.name == "torch")
+        'nnsight_torch.plugin'
     """
     manager = manager or get_plugin_manager()
     dists = {id(plugin): dist for plugin, dist in manager.list_plugin_distinfo()}
@@ -134,8 +135,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     names it), 2 for a usage error.
 
     Example:
-        >>> main(["plugins"])   # doctest: +SKIP
-        0
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as report:
+        ...     status = main(["plugins"])       # as `python -m nnsight_core plugins`
+        >>> status, "nnsight_torch.plugin" in report.getvalue()
+        (0, True)
     """
     parser = argparse.ArgumentParser(prog="python -m nnsight_core",
                                      description="Tools for nnsight_core and its adapters.")

@@ -42,7 +42,12 @@ class CacheEntry:
     """The cached values of one module: ``.output``, and ``.inputs``/``.input`` with ``include_inputs``.
 
     Example:
-        >>> cache["model.layer1"].output          # a tensor after the trace   # doctest: +SKIP
+        >>> with model.trace(x) as tracer:
+        ...     cache = tracer.cache(include_inputs=True)
+        >>> cache["model.layer1"].output.shape    # a tensor after the trace
+        torch.Size([1, 10])
+        >>> cache["model.layer1"].input.shape     # the first positional argument
+        torch.Size([1, 5])
 
     Inside the trace the attributes are proxies (usable like any other); after
     it they are the values themselves.
@@ -88,8 +93,13 @@ class Cache(Mapping):
     Example:
         >>> with model.trace(x) as tracer:
         ...     cache = tracer.cache()
-        >>> cache["model.layer1"].output          # nnsight's key: "model." + module path
-        >>> cache.model.layer1.output             # the same, by attribute
+        >>> cache
+        Cache(invoke 0, 5 modules: 'model', 'model.layer1', 'model.sigma1', 'model.layer2',
+              'model.sigma2')
+        >>> cache["model.layer1"].output.shape    # nnsight's key: "model." + module path
+        torch.Size([1, 10])
+        >>> cache.model.layer1.output is cache["model.layer1"].output   # the same, by attribute
+        True
 
     Keys are ``"model"`` for the root module and ``"model.<module path>"``
     (``"model.transformer.h.0"``) for the others; lookups also accept the

@@ -34,7 +34,9 @@ class EditRunner(Runner):
         >>> with model.edit() as edited:
         ...     model.layer1.output[:, 0] = 0         # recorded through `model`, kept by `edited`
         >>> with edited.trace(x):                      # every trace of `edited` applies it
-        ...     out = edited.output.save()
+        ...     hidden = edited.layer1.output.save()
+        >>> hidden.value[:, 0].tolist()
+        [0.0]
 
     Inside the block the model is used as in a trace with one invoke and no
     inputs; ``__enter__`` returns the wrapper that keeps the edit (``model``

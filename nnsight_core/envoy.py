@@ -31,7 +31,8 @@ class Envoy:
         >>> with model.trace(x):
         ...     model.layer1.output[:, 0] = 0          # edit in place
         ...     out = model.layer2.input.save()        # first positional argument
-        >>> out.value   # doctest: +SKIP
+        >>> out.value[:, 0].tolist()                   # sigmoid(0)
+        [0.5]
 
     A child whose name collides with an envoy attribute (``output``, ``input``,
     ``inputs``, ``next``, ``all``, ``iter``) is reached with ``envoy["output"]``.
@@ -165,9 +166,19 @@ class Envoy:
         """Move this envoy to the module's next call (for the current invoke) and return it.
 
         Example:
+            >>> class Twice(torch.nn.Module):                   # calls `shared` twice per forward
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.shared = torch.nn.Linear(5, 5)
+            ...     def forward(self, x):
+            ...         return self.shared(self.shared(x))
+            >>> twice = Twice()
+            >>> model = NNsight(twice)
             >>> with model.trace(x):
             ...     first = model.shared.output.save()
             ...     second = model.shared.next().output.save()
+            >>> torch.allclose(second.value, twice.shared(first.value))
+            True
         """
         invoker = self._invoker("next()")
         if invoker._block is not None:
@@ -184,9 +195,13 @@ class Envoy:
         A saved value becomes a list with one entry per call.
 
         Example:
+            >>> # model: a LanguageModel (nnsight_transformers), prompt: a str
             >>> with model.generate(prompt, max_new_tokens=3):
             ...     model.lm_head.all().output[:, -1, 7] = 1e4      # force token 7 at every step
             ...     logits = model.lm_head.all().output.save()       # a list of 3 tensors
+            ...     ids = model.generator.output.save()
+            >>> len(logits), ids.value[0, -3:].tolist()
+            (3, [7, 7, 7])
         """
         return self.iter[:]
 

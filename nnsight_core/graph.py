@@ -226,7 +226,7 @@ class Graph:
     Example:
         >>> with model.trace(x) as tracer:
         ...     h = model.layer1.output.save()
-        >>> print(tracer.graph)   # doctest: +SKIP
+        >>> print(tracer.graph)
         %0   model.layer1.output (call 0, invoke 0)
         %1   save(%0)   [saved]
 

@@ -60,9 +60,15 @@ class Interleaver:
     """Context manager that interleaves ``graph`` with calls of ``root`` and its submodules.
 
     Example:
-        >>> with Interleaver(graph, net) as interleaver:   # doctest: +SKIP
+        >>> from nnsight_core import Graph
+        >>> with model.trace(x) as tracer:
+        ...     h = model.layer1.output.save()
+        >>> graph = Graph.from_json(tracer.graph.to_json())   # a copy not yet run
+        >>> with Interleaver(graph, net) as interleaver:       # what model.trace does
         ...     out = net(x)
-        >>> interleaver.check_complete()   # doctest: +SKIP
+        >>> interleaver.check_complete()
+        >>> torch.equal(graph.nodes[1].value, net.layer1(x))   # the save node's value
+        True
 
     Override points: one method per graph operation (``operator``, ``getitem``,
     ``setitem``, ``getattr``, ``call_method``, ``call_function``,

@@ -45,11 +45,15 @@ class NNsightModel:
     """Base class of model wrappers: tracing, envoys and interleaving for one module.
 
     Example:
-        >>> class MyWrapper(NNsightModel):      # plus hookimpls registered by entry point
-        ...     pass
-        >>> model = MyWrapper(module)
+        >>> class MyWrapper(NNsight):           # NNsight is an NNsightModel; a new framework's
+        ...     pass                              # wrapper adds hookimpls by entry point
+        >>> isinstance(MyWrapper(net), NNsightModel)
+        True
+        >>> model = MyWrapper(net)
         >>> with model.trace(x):
         ...     h = model.layer1.output.save()
+        >>> h.value.shape
+        torch.Size([1, 10])
 
     Attributes:
         model_key: What the wrapper was built from (a module, or a key for ``nnsight_load``).
@@ -148,12 +152,15 @@ class NNsightModel:
         until the block ends; then the unsaved ones are freed.
 
         Example:
+            >>> clean, corrupted = torch.rand(1, 5), torch.rand(1, 5)
             >>> with model.session():
             ...     with model.trace(clean):
             ...         hidden = model.layer1.output             # no .save() needed
             ...     with model.trace(corrupted):
             ...         model.layer1.output = hidden
             ...         out = model.output.save()
+            >>> torch.equal(out.value, net(clean))                # clean's layer1 patched in
+            True
 
         Returns:
             The :class:`~nnsight_core.session.Session` context.
@@ -179,7 +186,9 @@ class NNsightModel:
             >>> with model.edit() as edited:
             ...     model.layer1.output[:, 0] = 0
             >>> with edited.trace(x):
-            ...     out = edited.output.save()            # computed with the edit
+            ...     hidden = edited.layer1.output.save()  # computed with the edit
+            >>> hidden.value[:, 0].tolist()
+            [0.0]
 
         Args:
             inplace: Apply the edit to this wrapper instead of a new one.
@@ -248,6 +257,8 @@ class NNsightModel:
             >>> class Guided(NNsight):
             ...     def batch_layout(self, batch_size, kwargs, method):
             ...         return {2 * batch_size: (2, 1)}   # [uncond; cond] halves
+            >>> Guided(net).batch_layout(3, {}, "trace")
+            {6: (2, 1)}
         """
         return {}
 

@@ -140,10 +140,12 @@ def enable_hook_tracing(manager: Optional[pluggy.PluginManager] = None,
 
     Example:
         >>> stop = enable_hook_tracing(stream=sys.stdout)
-        >>> model.trace(x, trace=False)   # doctest: +SKIP
-        [nnsight_core] nnsight_prepare_inputs(model=NNsight, inputs=(tensor(3, 5),), kwargs={}) asks: torch
-        [nnsight_core] nnsight_prepare_inputs returned (((tensor(3, 5),), {}), 3)
-        ...
+        >>> out = model.trace(x, trace=False)
+        [nnsight_core] nnsight_prepare_inputs(model=NNsight, inputs=(tensor(1, 5),), kwargs={})
+            asks: ...torch
+        [nnsight_core] nnsight_prepare_inputs returned (((tensor(1, 5),), {}), 1)
+        [nnsight_core] nnsight_execute(model=NNsight, ...) asks: ...torch
+        [nnsight_core] nnsight_execute returned tensor(1, 2)
         >>> stop()
     """
     manager = manager or get_plugin_manager()

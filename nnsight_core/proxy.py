@@ -54,7 +54,8 @@ class Proxy:
     Example:
         >>> with model.trace(x):
         ...     h = (model.layer1.output * 2).save()
-        >>> h.value.shape   # doctest: +SKIP
+        >>> h.value.shape
+        torch.Size([1, 10])
 
     Override points for adapters: subclass it (``InterventionProxy`` is the
     default ``proxy_class`` of a model wrapper) to add helpers such as token
@@ -148,6 +149,8 @@ class Proxy:
             ...     h = model.layer1.output
             ...     g = h.grad.save()                     # read before .backward()
             ...     model.output.sum().backward()
+            >>> g.value.shape                             # d(sum of outputs) / d(layer1 output)
+            torch.Size([1, 10])
 
         Raises:
             GradientError: Gradients are disabled (``torch.no_grad()``), or no

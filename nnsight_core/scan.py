@@ -70,11 +70,18 @@ def is_scanning() -> bool:
     """Whether this thread is running a scan: hook wrappers of ``nnsight_execute`` can skip fake runs.
 
     Example:
-        >>> @hookimpl(wrapper=True)
-        ... def nnsight_execute(model):
-        ...     if not is_scanning():
-        ...         print("a real execution")
-        ...     return (yield)
+        >>> from nnsight_core import get_plugin_manager, hookimpl
+        >>> class Announce:                          # a plugin, usually found by entry point
+        ...     @hookimpl(wrapper=True)
+        ...     def nnsight_execute(self, model):
+        ...         if not is_scanning():
+        ...             print("a real execution")
+        ...         return (yield)
+        >>> name = get_plugin_manager().register(Announce())
+        >>> with model.trace(x):
+        ...     model.layer1.output = torch.zeros(model.layer1.output.shape)   # .shape scans
+        a real execution
+        >>> _ = get_plugin_manager().unregister(name=name)
     """
     return getattr(_local, "scanning", False)
 

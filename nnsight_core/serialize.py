@@ -17,7 +17,8 @@ Example:
     >>> text = tracer.graph.to_json()
     >>> graph = Graph.from_json(text)
     >>> saved = run(model, graph, x)        # {save node index: value}
-    >>> saved[hidden.node.index]            # doctest: +SKIP
+    >>> torch.equal(saved[hidden.node.index], hidden.value)
+    True
 
 The document (version 1)::
 
@@ -247,7 +248,9 @@ def to_dict(graph: Graph) -> Document:
             user function, a numpy array, a module object), or exceeds a limit.
 
     Example:
-        >>> to_dict(tracer.graph)["nodes"][0]   # doctest: +SKIP
+        >>> with model.trace(x) as tracer:
+        ...     hidden = model.layer1.output.save()
+        >>> to_dict(tracer.graph)["nodes"][0]
         {'op': 'output', 'target': ['layer1', 0], 'invoke': 0}
     """
     if len(graph.nodes) > MAX_NODES:
@@ -281,7 +284,11 @@ def to_json(graph: Graph, indent: Optional[int] = None) -> str:
         GraphFormatError: As :func:`to_dict`, or the text exceeds :data:`MAX_DOCUMENT_CHARS`.
 
     Example:
-        >>> text = to_json(tracer.graph, indent=1)   # doctest: +SKIP
+        >>> with model.trace(x) as tracer:
+        ...     hidden = model.layer1.output.save()
+        >>> text = to_json(tracer.graph, indent=1)
+        >>> json.loads(text)["format"]
+        'nnsight_core.graph'
     """
     text = json.dumps(to_dict(graph), indent=indent, allow_nan=False)
     if len(text) > MAX_DOCUMENT_CHARS:
@@ -481,7 +488,11 @@ def from_json(text: Union[str, bytes, bytearray], device: Union[str, torch.devic
             valid document; the message names the offending field.
 
     Example:
-        >>> graph = from_json(text)   # doctest: +SKIP
+        >>> with model.trace(x) as tracer:
+        ...     hidden = model.layer1.output.save()
+        >>> graph = from_json(to_json(tracer.graph))
+        >>> [node.op for node in graph.nodes]
+        ['output', 'save']
     """
     if not isinstance(text, (str, bytes, bytearray)):
         raise GraphFormatError(f"from_json takes the document's text (str or bytes), not "
@@ -517,7 +528,11 @@ def from_dict(document: Any, device: Union[str, torch.device, None] = None) -> G
         GraphFormatError: The document breaks the schema or a limit.
 
     Example:
-        >>> graph = from_dict(to_dict(tracer.graph))   # doctest: +SKIP
+        >>> with model.trace(x) as tracer:
+        ...     hidden = model.layer1.output.save()
+        >>> graph = from_dict(to_dict(tracer.graph))
+        >>> [node.op for node in graph.nodes]
+        ['output', 'save']
     """
     return _Decoder(torch.device("cpu") if device is None else torch.device(device)).document(document)
 
@@ -1027,7 +1042,16 @@ def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Seque
         EnvoyAttributeError: The graph names a module the model does not have.
 
     Example:
-        >>> saved = run(model, graph, invokes=[(x1,), (x2,)])   # doctest: +SKIP
+        >>> x1, x2 = torch.rand(1, 5), torch.rand(2, 5)
+        >>> with model.trace() as tracer:
+        ...     with tracer.invoke(x1):
+        ...         a = model.layer1.output.save()
+        ...     with tracer.invoke(x2):
+        ...         b = model.layer1.output.save()
+        >>> graph = from_json(to_json(tracer.graph))
+        >>> saved = run(model, graph, invokes=[(x1,), (x2,)])
+        >>> [value.shape for value in saved.values()]
+        [torch.Size([1, 10]), torch.Size([2, 10])]
     """
     groups = _invoke_groups(graph, inputs, invokes)
     _check_modules(model, graph)

@@ -3,12 +3,14 @@
 Example:
     >>> # tests/test_my_adapter.py
     >>> from nnsight_core.testing import AdapterConformance
+    >>> from nnsight_torch import NNsight                 # your adapter's model class
     >>> class TestMyAdapter(AdapterConformance):
-    ...     module_path = "layer1"
+    ...     module_path = "0"
     ...     def make_model(self):
-    ...         return MyWrapper(build_module())
+    ...         return NNsight(torch.nn.Sequential(torch.nn.Linear(5, 10)))
     ...     def make_inputs(self):
     ...         return [(torch.rand(1, 5),), (torch.rand(2, 5),)]
+    >>> TestMyAdapter().test_save_equals_raw_hook()     # pytest runs every test_ method
 
 Expected values come from plain PyTorch: a forward hook registered directly on
 the module, around ``model.trace(*inputs, trace=False)`` (the adapter's own

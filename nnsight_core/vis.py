@@ -10,8 +10,17 @@ Both are reached through the graph: ``tracer.graph.to_dot()`` and
 Example:
     >>> with model.trace(x) as tracer:
     ...     hidden = model.layer1.output.save()
-    >>> print(tracer.graph.to_dot())   # doctest: +SKIP
-    >>> tracer.graph.vis("graph.svg")  # doctest: +SKIP
+    >>> print(tracer.graph.to_dot())
+    digraph intervention_graph {
+      rankdir=TB;
+    ...
+        n1 [label="%1 save", fillcolor="#dcfce7"];
+      }
+      n0 -> n1 [label="0"];
+    }
+    <BLANKLINE>
+    >>> tracer.graph.vis("graph.svg")
+    PosixPath('graph.svg')
 
 In the picture each node is a box labelled ``%index op[target]`` with a second
 line naming the module value (for ``output``/``inputs`` nodes and
@@ -53,6 +62,8 @@ def to_dot(graph: Graph) -> str:
         DOT source of a ``digraph`` with one node ``n<index>`` per graph node.
 
     Example:
+        >>> with model.trace(x) as tracer:
+        ...     hidden = model.layer1.output.save()
         >>> dot = to_dot(tracer.graph)
         >>> dot.splitlines()[0]
         'digraph intervention_graph {'
@@ -97,8 +108,13 @@ def render(graph: Graph, path: Union[str, pathlib.Path, None] = None,
         GraphvizNotFoundError: The ``graphviz`` package or the ``dot`` program is not installed.
 
     Example:
-        >>> svg = render(tracer.graph)              # doctest: +SKIP
-        >>> render(tracer.graph, "graph.png", "png")  # doctest: +SKIP
+        >>> with model.trace(x) as tracer:
+        ...     hidden = model.layer1.output.save()
+        >>> svg = render(tracer.graph)
+        >>> svg.startswith(b"<?xml")
+        True
+        >>> render(tracer.graph, "graph.png", "png")
+        PosixPath('graph.png')
     """
     if format not in FORMATS:
         raise ImageFormatError(f"Graph.vis() renders the formats {', '.join(FORMATS)}, not "

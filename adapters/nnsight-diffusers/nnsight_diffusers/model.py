@@ -51,13 +51,19 @@ class DiffusionModel(NNsight):
     """Wraps a diffusers pipeline: its components are envoys, ``generate`` runs it.
 
     Example:
-        >>> model = DiffusionModel("path/or/hub-id")          # components on the meta device
+        >>> import tempfile
+        >>> from nnsight_diffusers.testing import tiny_stable_diffusion
+        >>> folder = tiny_stable_diffusion(tempfile.mkdtemp())  # or a hub id
+        >>> model = DiffusionModel(folder)                      # components on the meta device
         >>> with model.generate("a photo of a cat", num_inference_steps=4, seed=0):
-        ...     steps = []
-        ...     for _ in range(4):                              # the denoiser runs once per step
-        ...         steps.append(model.unet.output[0].save())
-        ...         model.unet.next()
+        ...     steps = [model.unet.output[0].save()]
+        ...     for _ in range(3):                              # the denoiser runs once per step
+        ...         steps.append(model.unet.next().output[0].save())
         ...     images = model.output.save()
+        >>> len(steps), steps[0].value.shape                  # guidance: [uncond; cond] rows
+        (4, torch.Size([2, 4, 8, 8]))
+        >>> images.value.images[0].size
+        (16, 16)
 
     Args:
         model_key: A pipeline id or folder (loaded lazily), or a ``DiffusionPipeline`` object.

@@ -6,8 +6,12 @@ through the real ``DiffusionPipeline.from_pretrained`` path. Nothing is
 downloaded: the CLIP tokenizer's vocabulary and merges are written here.
 
 Example:
-    >>> folder = tiny_stable_diffusion("/tmp/tiny-sd")     # doctest: +SKIP
-    >>> model = DiffusionModel(folder)                      # doctest: +SKIP
+    >>> import tempfile
+    >>> from nnsight_diffusers import DiffusionModel
+    >>> folder = tiny_stable_diffusion(tempfile.mkdtemp())
+    >>> sorted(name for name in os.listdir(folder) if not name.startswith("_"))
+    ['model_index.json', 'scheduler', 'text_encoder', 'tokenizer', 'unet', 'vae']
+    >>> model = DiffusionModel(folder)
 """
 
 from __future__ import annotations

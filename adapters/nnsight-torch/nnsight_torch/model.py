@@ -14,7 +14,8 @@ class NNsight(NNsightModel):
         >>> model = NNsight(net)
         >>> with model.trace(torch.rand(1, 5)):
         ...     hidden = model.layer1.output.save()
-        >>> hidden.value.shape   # doctest: +SKIP
+        >>> hidden.value.shape
+        torch.Size([1, 10])
 
     Inputs: the positional arguments of the module's ``forward``; each invoke's
     rows are the first dimension of its first tensor argument. Keyword

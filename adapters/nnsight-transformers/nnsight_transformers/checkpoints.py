@@ -2,7 +2,10 @@
 
 Example:
     >>> from nnsight_transformers import LanguageModel, smollm2_checkpoint
-    >>> model = LanguageModel(smollm2_checkpoint())     # first call dequantizes (~20 s) and caches
+    >>> folder = smollm2_checkpoint(progress=lambda message: None)  # first call dequantizes (~20 s)
+    >>> model = LanguageModel(folder)                    # later loads take well under a second
+    >>> len(model.model.layers)
+    30
 """
 
 from __future__ import annotations

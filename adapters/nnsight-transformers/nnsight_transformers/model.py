@@ -27,12 +27,17 @@ class LanguageModel(NNsight):
     """Wraps an ``AutoModelForCausalLM`` and its tokenizer for tracing and generation.
 
     Example:
-        >>> model = LanguageModel("path/or/hub-id")            # meta skeleton, no weights read
+        >>> from nnsight_transformers.testing import tiny_llama_checkpoint
+        >>> model = LanguageModel(tiny_llama_checkpoint())    # a folder or hub id; meta skeleton
         >>> with model.trace("The Eiffel Tower is in the city of"):
-        ...     hidden = model.model.layers[5].output.save()
+        ...     hidden = model.model.layers[1].output.save()
         ...     logits = model.lm_head.output.t[-1].save()
+        >>> hidden.value.shape, logits.value.shape      # (batch, tokens, width), (batch, vocab)
+        (torch.Size([1, 10, 32]), torch.Size([1, 300]))
         >>> with model.generate("Hello", max_new_tokens=5):
         ...     ids = model.generator.output.save()
+        >>> ids.value.shape[1] - len(model.tokenizer("Hello")["input_ids"])   # the new tokens
+        5
 
     Args:
         model_key: A model id or folder (loaded lazily), or a module (then ``tokenizer`` is required).

@@ -15,10 +15,12 @@ class TokenIndexer:
 
     Example:
         >>> with model.trace() as tracer:
-        ...     with tracer.invoke("Hello world"):            # 2 tokens, left-padded
-        ...         first = model.transformer.h[0].output.t[0].save()
-        ...     with tracer.invoke("A much longer prompt here"):
+        ...     with tracer.invoke("Paris"):                  # fewer tokens, left-padded
+        ...         first = model.model.layers[0].output.t[0].save()
+        ...     with tracer.invoke("The Eiffel Tower is in the city of"):
         ...         last = model.lm_head.output.t[-1].save()
+        >>> first.value.shape, last.value.shape       # one token of each invoke
+        (torch.Size([1, 32]), torch.Size([1, 300]))
 
     Invokes are left-padded to the longest one, so an invoke's tokens are the
     last ``n`` positions of dimension 1: ``t[0]`` is its first real token
@@ -75,6 +77,8 @@ class LanguageModelProxy(InterventionProxy):
     Example:
         >>> with model.trace("The Eiffel Tower is in the city of"):
         ...     logits = model.lm_head.output.t[-1].save()
+        >>> logits.value.shape                                # the last token's logits
+        torch.Size([1, 300])
     """
 
     __slots__ = ()

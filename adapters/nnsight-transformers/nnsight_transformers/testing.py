@@ -4,6 +4,8 @@ Example:
     >>> from nnsight_transformers import LanguageModel
     >>> from nnsight_transformers.testing import tiny_llama_checkpoint
     >>> model = LanguageModel(tiny_llama_checkpoint())   # no download: built from a config
+    >>> len(model.model.layers), model.tokenizer.eos_token
+    (2, '<eos>')
 """
 
 from __future__ import annotations
