@@ -49,10 +49,6 @@ def _map_mapping(fn: Callable[[Any], Any], value: MutableMapping) -> Any:
     return result
 
 
-def is_batch_first(value: Any, batch_size: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch_size
-
-
 def row_table(rows: Sequence[Rows], batch_size: int, layouts: Dict[int, Tuple[int, int]]) -> RowTable:
     """Which rows each invoke owns, for every dimension-0 size that holds the batch.
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Dict, Sequence
 
 from .envoy import Envoy
 from .errors import InvokeError, TraceStateError
-from .graph import _EVENT_KIND, _FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node, _map_nodes
+from ._tree import map_structure
+from .graph import _EVENT_KIND, _FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node
 from .tracer import Invoker, Runner
 
 if TYPE_CHECKING:
@@ -114,8 +115,8 @@ def _replay(edit: Graph, invoker: Invoker) -> None:
     current = invoker._current
     copies: Dict[int, Node] = {}
 
-    def bind(value: Node) -> Node:
-        return copies[value.index]
+    def bind(value: Any) -> Any:
+        return copies[value.index] if type(value) is Node else value
 
     for node in edit.nodes:
         target = node.target
@@ -129,8 +130,8 @@ def _replay(edit: Graph, invoker: Invoker) -> None:
             if existing is not None:
                 copies[node.index] = existing.node
                 continue
-        copy = graph.create_node(node.op, target, _map_nodes(node.args, bind),
-                                 _map_nodes(node.kwargs, bind), invoke=invoker.index, where=node.where)
+        copy = graph.create_node(node.op, target, map_structure(node.args, bind),
+                                 map_structure(node.kwargs, bind), invoke=invoker.index, where=node.where)
         copies[node.index] = copy
         invoker._runner._edit_nodes.add(copy.index)
         if node.op in MODULE_VALUE_OPS:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import linecache
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
+from ._tree import map_structure
+
 __all__ = ["Graph", "Node", "Iteration", "OPS", "MODULE_VALUE_OPS", "EMPTY", "display_path"]
 
 #: The closed vocabulary of node operations, with what ``target`` and ``args`` hold.
@@ -342,9 +344,9 @@ class Graph:
             target = template.target
             if template.op in MODULE_VALUE_OPS and target[1] is iteration:
                 target = (target[0], call)
-            node = self.create_node(template.op, target, _map_nodes(template.args, bind),
-                                    _map_nodes(template.kwargs, bind), template.invoke, template.where,
-                                    cond=_map_nodes(template.cond, bind))
+            node = self.create_node(template.op, target, map_structure(template.args, bind),
+                                    map_structure(template.kwargs, bind), template.invoke, template.where,
+                                    cond=bind(template.cond))
             node.saved = template.saved
             copies[template.index] = node
             created.append(node)
@@ -514,7 +516,7 @@ def _template_of(node: Node) -> Optional[Iteration]:
     computed from a template.
 
     Raises:
-        ValueError: The node mixes templates of two different iterations.
+        InvokeError: The node mixes templates of two different iterations.
     """
     iteration = None
     if node.op in MODULE_VALUE_OPS and type(node.target[1]) is Iteration:
@@ -533,24 +535,8 @@ def _template_of(node: Node) -> Optional[Iteration]:
         iteration.nodes.append(node)
         if node.op in MODULE_VALUE_OPS and node.target[1] is iteration:
             iteration.modules.add((_EVENT_KIND[node.op], node.target[0]))
-        elif node.op == "setitem" or (node.op == "call_method" and _is_inplace(node.target)):
-            root = _mutation_root(node.args[0] if node.args else None)
-            if root is not None and root.op in _FED_OPS:
-                root.mutated = True
+        # In-place edits of templates mark nothing here: their copies mark their own roots.
     return iteration
-
-
-def _map_nodes(value: Any, fn: Any) -> Any:
-    kind = type(value)
-    if kind is Node:
-        return fn(value)
-    if kind is tuple or kind is list:
-        return kind(_map_nodes(v, fn) for v in value)
-    if kind is dict:
-        return {k: _map_nodes(v, fn) for k, v in value.items()}
-    if kind is slice:
-        return slice(_map_nodes(value.start, fn), _map_nodes(value.stop, fn), _map_nodes(value.step, fn))
-    return value
 
 
 def _collect(value: Any, deps: Dict[int, Node]) -> bool:

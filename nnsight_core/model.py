@@ -15,7 +15,7 @@ import torch
 
 from . import _state
 from .envoy import Envoy
-from .errors import InputError, TraceStateError
+from .errors import InputError, InvokeError, TraceStateError
 from .graph import Graph
 from .edits import EditRunner
 from .interleaver import Interleaver, StopExecution
@@ -287,8 +287,27 @@ class NNsightModel:
 
     # -- adapter hooks ---------------------------------------------------------------
 
-    def _prepare_inputs(self, inputs: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Any, int]:
-        return call_hook("nnsight_prepare_inputs", model=self, inputs=inputs, kwargs=kwargs)
+    def _prepare_inputs(self, inputs: Tuple[Any, ...], kwargs: Dict[str, Any],
+                        index: int = 0) -> Tuple[Any, int]:
+        """One invoke's prepared inputs and row count (``index``: its position, for the error).
+
+        Raises:
+            InvokeError: The adapter counted fewer than one row.
+        """
+        prepared, size = call_hook("nnsight_prepare_inputs", model=self, inputs=inputs, kwargs=kwargs)
+        if size < 1:
+            raise InvokeError(f"invoke {index} has {size} rows: its inputs must have at least one "
+                              "row in the batch dimension (dimension 0).")
+        return prepared, size
+
+    def _batch_graph(self, graph: Graph, prepared: List[Any], sizes: List[int], kwargs: Dict[str, Any],
+                     method: Optional[str]) -> Any:
+        """Batch the invokes' prepared inputs for running ``graph``, and record in it how the
+        execution enlarges the batch (:meth:`batch_layout`; only needed with several invokes)."""
+        batched = self._batch_inputs(prepared, sizes)
+        if len(sizes) > 1:
+            graph.layouts = self.batch_layout(graph.batch_size, kwargs, method)
+        return batched
 
     def _batch_inputs(self, prepared: List[Any], batch_sizes: List[int]) -> Any:
         if len(prepared) == 1:

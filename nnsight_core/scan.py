@@ -229,10 +229,7 @@ def run_scan(runner: Runner, batched: Any = None, targets: Optional[List[Node]] 
         raise ScanError("shapes are known once the trace has inputs: ask for them inside an invoke "
                         "(or a trace given inputs).")
     if batched is None:
-        batched = model._batch_inputs([i.prepared for i in runner.invokers],
-                                      [i.batch_size for i in runner.invokers])
-    if len(runner.invokers) > 1:
-        graph.layouts = model.batch_layout(graph.batch_size, runner._kwargs, runner.method)
+        batched = runner._batch()  # given batched inputs, the Runner already set the layouts
     scan = Scan(list(graph.nodes), len(runner.invokers))
     saved = [node.saved for node in graph.nodes]
     try:

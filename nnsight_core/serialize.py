@@ -1057,18 +1057,13 @@ def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Seque
     _check_modules(model, graph)
     prepared, sizes = [], []
     for k, group in enumerate(groups):
-        value, size = model._prepare_inputs(tuple(group), {})
-        if size < 1:
-            raise InvokeError(f"invoke {k} has {size} rows: its inputs must have at least one row "
-                              "in the batch dimension (dimension 0).")
+        value, size = model._prepare_inputs(tuple(group), {}, k)
         prepared.append(value)
         sizes.append(size)
     stops = list(accumulate(sizes))
     graph.rows = [(stop - size, stop) for stop, size in zip(stops, sizes, strict=True)]
     graph.batch_size = sum(sizes)
-    batched = model._batch_inputs(prepared, sizes)
-    if len(sizes) > 1:  # as the Runner does: how the execution may enlarge the batch
-        graph.layouts = model.batch_layout(graph.batch_size, kwargs, method)
+    batched = model._batch_graph(graph, prepared, sizes, kwargs, method)
     try:
         model.interleave(model._execute, graph, batched, method=method, **kwargs)
         return {node.index: node.value for node in graph.nodes if node.saved and node.value is not EMPTY}

@@ -78,10 +78,7 @@ class Invoker:
             raise InputError("invoke() was given no inputs: pass the inputs for this invoke, "
                               "e.g. `tracer.invoke(x)`.")
         index = len(runner.invokers)
-        prepared, size = runner._model._prepare_inputs(self.inputs, self.kwargs)
-        if size < 1:
-            raise InvokeError(f"invoke {index} has {size} rows: its inputs must have at least one "
-                              "row in the batch dimension (dimension 0).")
+        prepared, size = runner._model._prepare_inputs(self.inputs, self.kwargs, index)
         self.index, self.prepared, self.batch_size = index, prepared, size
         runner._add_invoke(self)
         runner._invoker = self
@@ -194,10 +191,7 @@ class Runner:
             if not self.invokers:
                 raise InputError("the trace has no inputs: give them to trace(...) or open "
                                   "`with tracer.invoke(inputs):` blocks inside it.")
-            batched = self._model._batch_inputs([i.prepared for i in self.invokers],
-                                                [i.batch_size for i in self.invokers])
-            if len(self.invokers) > 1:
-                graph.layouts = self._model.batch_layout(graph.batch_size, self._kwargs, self.method)
+            batched = self._batch()
             if self._scan:
                 validate(self, batched)  # on fake tensors, only if the graph needs checking
             self._output = self._model.interleave(self._model._execute, graph, batched,
@@ -207,6 +201,11 @@ class Runner:
             graph.release()
             if unmark is not None:
                 unmark()
+
+    def _batch(self) -> Any:
+        """The invokes' inputs as one batch; the graph learns how the execution enlarges it."""
+        return self._model._batch_graph(self._graph, [i.prepared for i in self.invokers],
+                                        [i.batch_size for i in self.invokers], self._kwargs, self.method)
 
     def _close(self) -> None:
         self._invoker = None
