@@ -91,8 +91,9 @@ class Interleaver:
         self._grads = Gradients(graph) if graph.gradients else None
         self._thread = threading.get_ident()
         batch = graph.batch_size
-        self._table = row_table(graph.rows, batch, graph.layouts)
         self._whole = len(graph.rows) == 1 and graph.rows[0] == (0, batch)
+        # Which rows each invoke owns; one invoke owning the whole batch needs no table.
+        self._table = None if self._whole else row_table(graph.rows, batch, graph.layouts)
         self._guarded = graph.guarded
         # (event kind, module path) -> the iterations whose templates that event starts copying.
         self._iterating: Dict[Tuple[str, str], List[Iteration]] = {}
