@@ -24,6 +24,7 @@ from .plugins import get_plugin_manager
 from .proxy import InterventionProxy, Proxy
 from .session import Session
 from .tracer import Invoker, Runner
+from . import serialize, vis  # noqa: F401,E402 - they add Graph.to_json/from_json/to_dot/vis (Graph.extensions)
 
 __version__ = "0.1.0"
 

@@ -31,39 +31,13 @@ from .graph import Graph, Node
 if TYPE_CHECKING:
     from .interleaver import Interleaver
 
-__all__ = ["DEFERRED", "Gradients", "check_recordable", "run_backward"]
+__all__ = ["DEFERRED", "Gradients", "run_backward"]
 
 #: Returned by an op whose value a hook supplies later: the node is not done yet.
 DEFERRED: Any = object()
 
 # (size, stride, storage offset relative to the base) of a view.
 Geometry = Tuple[torch.Size, Tuple[int, ...], int]
-
-
-def check_recordable(node: Node, what: str) -> None:
-    """Raise while recording if gradients cannot exist for ``node``.
-
-    Raises:
-        GradientError: Autograd is disabled (``torch.no_grad()``,
-            ``torch.inference_mode()``), or the node belongs to an iteration block.
-    """
-    if not torch.is_grad_enabled():
-        raise GradientError(
-            f"{what} on {node.describe()} needs autograd, but gradients are disabled here "
-            "(torch.no_grad() or torch.inference_mode() is active): remove it around this trace, "
-            "or wrap the trace in `with torch.enable_grad():`."
-        )
-    if node.iteration is not None:
-        raise GradientError(
-            f"{what} on {node.describe()}: gradients inside an iteration (tracer.iter[...], "
-            "tracer.all(), envoy.all(), envoy.iter[...]) are not supported; address one call "
-            "with envoy.next() instead."
-        )
-
-
-def _at(node: Node) -> str:
-    where = node.source()
-    return f" (recorded at {where})" if where else ""
 
 
 def bind(graph: Graph) -> Dict[int, Node]:
@@ -79,7 +53,7 @@ def bind(graph: Graph) -> Dict[int, Node]:
         position = bisect_right(indices, grad.index)
         if position == len(backwards):
             raise GradientError(
-                f"{grad.describe()}{_at(grad)} has no .backward() recorded after it, so no backward "
+                f"{grad.describe()}{grad.at()} has no .backward() recorded after it, so no backward "
                 "pass will compute it. Record the backward pass after reading .grad, e.g. "
                 "`loss = model.output.sum(); loss.backward()`."
             )
@@ -89,12 +63,12 @@ def bind(graph: Graph) -> Dict[int, Node]:
 
 def _check_loss(node: Node, loss: Any) -> None:
     if not isinstance(loss, torch.Tensor):
-        raise GradientError(f"{node.describe()}{_at(node)}: .backward() starts from a tensor, but the "
+        raise GradientError(f"{node.describe()}{node.at()}: .backward() starts from a tensor, but the "
                             f"value is a {type(loss).__name__}; reduce it to a tensor first (e.g. "
                             "`.sum()`).")
     if not loss.requires_grad:
         raise GradientError(
-            f"{node.describe()}{_at(node)}: the value does not require grad, so there is nothing to "
+            f"{node.describe()}{node.at()}: the value does not require grad, so there is nothing to "
             "backpropagate. Run the trace with gradients enabled (not under torch.no_grad() or "
             "torch.inference_mode()), from values computed with parameters that require grad."
         )
@@ -127,12 +101,12 @@ def _dense_copy(grad: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
 
 def _check_new_gradient(node: Node, old: torch.Tensor, new: Any) -> None:
     if not isinstance(new, torch.Tensor):
-        raise AssignmentError(f"{node.describe()}{_at(node)}: a gradient is replaced by a tensor, not a "
+        raise AssignmentError(f"{node.describe()}{node.at()}: a gradient is replaced by a tensor, not a "
                               f"{type(new).__name__}; assign a tensor of shape {tuple(old.shape)}.")
     for what, before, after in (("shape", tuple(old.shape), tuple(new.shape)),
                                 ("dtype", old.dtype, new.dtype), ("device", old.device, new.device)):
         if before != after:
-            raise AssignmentError(f"{node.describe()}{_at(node)}: the new gradient has {what} {after} but "
+            raise AssignmentError(f"{node.describe()}{node.at()}: the new gradient has {what} {after} but "
                                   f"the gradient it replaces has {before}; give it {what} {before}.")
 
 
@@ -145,7 +119,7 @@ class Gradients:
         >>> with model.trace(x) as tracer:
         ...     g = model.layer1.output.grad.save()
         ...     model.output.sum().backward()
-        >>> gradients = Gradients(tracer.graph)    # the Interleaver makes one per execution
+        >>> gradients = Gradients(tracer.graph, None)   # the Interleaver makes one per execution
         >>> [grad.index for grad in gradients.owned[5]]   # node %5 (the backward) feeds %1
         [1]
 
@@ -153,7 +127,8 @@ class Gradients:
         GradientError: On creation, when a ``grad`` node has no ``backward`` after it.
     """
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, interleaver: Optional[Interleaver]) -> None:
+        self.interleaver = interleaver
         self.owners = bind(graph)
         self.owned: Dict[int, List[Node]] = {}
         for grad in graph.gradients:
@@ -164,7 +139,7 @@ class Gradients:
         # Grad node index -> the replacements assigned while its hook runs.
         self._open: Dict[int, List[torch.Tensor]] = {}
 
-    def register(self, interleaver: Interleaver, node: Node, value: Any) -> Any:
+    def register(self, node: Node, value: Any) -> Any:
         """Hook the tensor ``node``'s gradient comes from; the hook feeds ``node`` later.
 
         Raises:
@@ -172,43 +147,42 @@ class Gradients:
                 computed after the backward pass that owns ``node`` had run.
         """
         owner = self.owners[node.index]
-        if owner.done:
-            raise GradientError(f"{node.describe()}{_at(node)}: the value was computed after its backward "
-                                f"pass ({owner.describe()}{_at(owner)}) had run; record .backward() on a "
+        if self.interleaver.done[owner.index]:
+            raise GradientError(f"{node.describe()}{node.at()}: the value was computed after its backward "
+                                f"pass ({owner.describe()}{owner.at()}) had run; record .backward() on a "
                                 "loss computed after every value whose gradient you read.")
         if not isinstance(value, torch.Tensor):
-            raise GradientError(f"{node.describe()}{_at(node)}: .grad is the gradient of a tensor, but the "
+            raise GradientError(f"{node.describe()}{node.at()}: .grad is the gradient of a tensor, but the "
                                 f"value is a {type(value).__name__}; index it first (e.g. `.output[0].grad`).")
         if not value.requires_grad:
             raise GradientError(
-                f"{node.describe()}{_at(node)}: the value does not require grad, so it has no gradient. "
+                f"{node.describe()}{node.at()}: the value does not require grad, so it has no gradient. "
                 "Run the trace with gradients enabled (not under torch.no_grad() or "
                 "torch.inference_mode()); integer values such as token ids never have one."
             )
         base = value._base if value._is_view() and value._base.requires_grad else value
         geometry = None if base is value else (value.size(), value.stride(),
                                                value.storage_offset() - base.storage_offset())
-        self._handles.append(base.register_hook(self._hook(interleaver, node, owner, base, geometry)))
+        self._handles.append(base.register_hook(self._hook(node, owner, base, geometry)))
         self._registered.add(node.index)
         return DEFERRED
 
-    def _hook(self, interleaver: Interleaver, node: Node, owner: Node, base: torch.Tensor,
+    def _hook(self, node: Node, owner: Node, base: torch.Tensor,
               geometry: Optional[Geometry]) -> Callable[[torch.Tensor], Optional[torch.Tensor]]:
+        interleaver = self.interleaver
+
         def hook(grad: torch.Tensor) -> Optional[torch.Tensor]:
-            if self.running is not owner or node.done:
+            if self.running is not owner or interleaver.done[node.index]:
                 return None  # another backward pass than the one that owns the node
             value = grad if geometry is None else _dense_copy(grad, base).as_strided(*geometry)
             assigned = self._open[node.index] = []
             # Only what this gradient makes ready runs inside the hook (where autograd records
             # nothing); nodes that were ready before wait for the backward pass to end.
-            waiting, interleaver._ready = interleaver._ready, []
             try:
-                interleaver._feed(node, value)
-                interleaver._drain()
+                interleaver.feed_apart(node, value)
             finally:
-                interleaver._ready = waiting
                 del self._open[node.index]
-            self._check_assignments_ran(node)
+            self._check_assignments_ran(node, interleaver.done)
             if not assigned:
                 return None
             if geometry is None:
@@ -220,12 +194,12 @@ class Gradients:
         return hook
 
     @staticmethod
-    def _check_assignments_ran(node: Node) -> None:
+    def _check_assignments_ran(node: Node, done: List[bool]) -> None:
         for user in node.users:
-            if user.op == "set_grad" and user.args[0] is node and not user.done:
-                late = [d.describe() for d in user.deps if not d.done]
+            if user.op == "set_grad" and user.args[0] is node and not done[user.index]:
+                late = [d.describe() for d in user.deps if not done[d.index]]
                 raise OutOfOrderEditError(
-                    f"{user.describe()}{_at(user)} replaces a gradient but depends on "
+                    f"{user.describe()}{user.at()} replaces a gradient but depends on "
                     f"{', '.join(late) or 'a value'}, which did not exist while that gradient passed. "
                     "A new gradient can only use values computed before it (forward values, or "
                     "gradients of values that come later in the model)."
@@ -240,7 +214,7 @@ class Gradients:
         """
         assigned = self._open.get(grad.index)
         if assigned is None:
-            raise OutOfOrderEditError(f"{node.describe()}{_at(node)} ran after the gradient it replaces "
+            raise OutOfOrderEditError(f"{node.describe()}{node.at()} ran after the gradient it replaces "
                                       "had passed.")
         _check_new_gradient(node, current, new)
         assigned.append(new)
@@ -253,7 +227,7 @@ class Gradients:
             MissedCallError: Naming the gradient and why it never arrived.
         """
         for grad in self.owned.get(backward.index, ()):
-            if grad.done:
+            if self.interleaver.done[grad.index]:
                 continue
             if grad.index in self._registered:
                 why = ("the backward pass did not reach the value: it is not part of the computation "
@@ -262,8 +236,8 @@ class Gradients:
                        "read the module value's .grad and index that instead (`h.grad[idx]`).")
             else:
                 why = "its value was computed only after the backward pass had run."
-            raise MissedCallError(f"{grad.describe()}{_at(grad)} never got its gradient from "
-                                  f"{backward.describe()}{_at(backward)}: {why}")
+            raise MissedCallError(f"{grad.describe()}{grad.at()} never got its gradient from "
+                                  f"{backward.describe()}{backward.at()}: {why}")
 
     def check_complete(self) -> None:
         """After the run: every gradient whose backward pass never ran is an error.
@@ -271,15 +245,17 @@ class Gradients:
         Raises:
             MissedCallError: Naming the gradient and its backward node.
         """
+        interleaver = self.interleaver
+        done = interleaver.done
         for grad_index, owner in self.owners.items():
             grad = owner.graph.nodes[grad_index]
-            if not grad.done and owner.skipped:
-                _skip_with_users(grad)  # its backward sat in a false tracer.cond block
+            if not done[grad_index] and owner.index in interleaver.skipped:
+                interleaver.skip_with_users(grad)  # its backward sat in a false tracer.cond block
                 continue
-            if not grad.done and not owner.done:
+            if not done[grad_index] and not done[owner.index]:
                 raise MissedCallError(
-                    f"{grad.describe()}{_at(grad)} never got its gradient: its backward pass "
-                    f"({owner.describe()}{_at(owner)}) never ran, because the loss it starts from was "
+                    f"{grad.describe()}{grad.at()} never got its gradient: its backward pass "
+                    f"({owner.describe()}{owner.at()}) never ran, because the loss it starts from was "
                     "never computed."
                 )
 
@@ -287,13 +263,3 @@ class Gradients:
         """Remove every tensor hook (saved tensors must not call into a finished execution)."""
         while self._handles:
             self._handles.pop().remove()
-
-
-def _skip_with_users(node: Node) -> None:
-    """Mark ``node`` and everything computed from it as skipped (not run, by a false condition)."""
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if not current.done:
-            current.done = current.skipped = True
-            stack.extend(current.users)

@@ -170,7 +170,7 @@ class Cache(Mapping):
                 the first, or model code that reads values).
         """
         runner = self._runner
-        if not runner._graph.recording:
+        if not runner.recording:
             raise CacheError("cache.estimate() is computed before the model runs, inside the trace; "
                              "after the trace, measure the cached tensors themselves.")
         model = runner._model
@@ -189,8 +189,8 @@ class Cache(Mapping):
     # -- helpers ------------------------------------------------------------------
 
     def _holds(self, entry: CacheEntry) -> bool:
-        node = entry._output.node
-        return node.graph.recording or node.value is not EMPTY
+        runner = self._runner
+        return runner.recording or entry._output.node.index in runner.values
 
     def _key(self, key: Any) -> str:
         if isinstance(key, Envoy) or _is_model(key):
@@ -265,8 +265,9 @@ def _record(invoker: Invoker, paths: List[str], optional: bool, device: Optional
         node = value.node
         if device is not None or dtype is not None:
             node = graph.create_node("call_function", _moved, (node,), {"device": device, "dtype": dtype},
-                                     invoke=invoker.index, where=where)
-        return proxy_class(graph.create_node("save", None, (node,), invoke=invoker.index, where=where))
+                                     invoke=invoker.index, where=where, cond=runner.condition())
+        return proxy_class(graph.create_node("save", None, (node,), invoke=invoker.index, where=where,
+                                             cond=runner.condition()), runner.trace_state)
 
     for path in paths:
         envoy = _envoy(runner._model, path)
@@ -364,9 +365,8 @@ def _envoy(model: NNsightModel, path: str) -> Envoy:
 
 
 def _is_model(value: Any) -> bool:
-    from .model import NNsightModel  # noqa: PLC0415 - model imports the tracer that imports this
-
-    return isinstance(value, NNsightModel)
+    """Whether ``value`` is a model wrapper: what holds the root envoy of its module tree."""
+    return isinstance(getattr(value, "__dict__", {}).get("_envoy"), Envoy)
 
 
 def _key_of_envoy(value: Any) -> str:
@@ -415,7 +415,7 @@ def _device(device: Any) -> Optional[torch.device]:
 
 
 def _unwrap(proxy: Proxy) -> Any:
-    value = proxy.node.value
+    value = proxy._trace.values.get(proxy.node.index, EMPTY)
     return proxy if value is EMPTY else value
 
 

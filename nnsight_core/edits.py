@@ -5,27 +5,27 @@ inputs, but runs nothing. ``edited`` is a new wrapper of the same module whose
 later traces all start with those interventions; ``model.edit(inplace=True)``
 gives them to ``model`` itself, and ``model.clear_edits()`` removes them.
 
-How an edit is applied: every invoke of a later trace begins with a copy of
-each edit's nodes, recorded for that invoke, exactly as if the edit's code had
-been written at the top of the invoke. The copies go through the invoke's
-record of module values, so the trace's own code sees (and builds on) the
-edited values, and the edit applies to each invoke's own rows.
+How an edit is applied: the model gives its edit graphs to every Runner it
+makes (``preludes``), and every invoke of a later trace begins with a copy of
+each edit's nodes (:meth:`nnsight_core.tracer.Invoker.replay`), recorded for
+that invoke, exactly as if the edit's code had been written at the top of the
+invoke. The copies go through the invoke's record of module values, so the
+trace's own code sees (and builds on) the edited values, and the edit applies
+to each invoke's own rows.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .envoy import Envoy
 from .errors import InvokeError, TraceStateError
-from ._tree import map_structure
-from .graph import _EVENT_KIND, _FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node
 from .tracer import Invoker, Runner
 
 if TYPE_CHECKING:
     from .model import NNsightModel
 
-__all__ = ["EditRunner", "replay_edits"]
+__all__ = ["EditRunner"]
 
 
 class EditRunner(Runner):
@@ -67,7 +67,6 @@ class EditRunner(Runner):
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._close()
         graph = self._graph
-        graph.release()
         if exc_type is not None:
             return
         for node in graph.nodes:
@@ -95,44 +94,3 @@ def _edited_copy(model: NNsightModel) -> NNsightModel:
     state["_envoy"] = Envoy(model._model, "", copy)
     state["_edits"] = list(model._edits)
     return copy
-
-
-def replay_edits(edits: Sequence[Graph], invoker: Invoker) -> None:
-    """Record a copy of each edit graph's nodes into ``invoker`` (called as the invoke opens).
-
-    Module values go through the invoke's current values (``Invoker._current``)
-    exactly as envoy accesses do: a value an earlier edit already produced is
-    reused, and an assignment becomes the module's current value, so later
-    edits and the trace's own code build on it.
-    """
-    for edit in edits:
-        _replay(edit, invoker)
-
-
-def _replay(edit: Graph, invoker: Invoker) -> None:
-    graph = invoker._runner._graph
-    proxy_class = invoker._runner._model.proxy_class
-    current = invoker._current
-    copies: Dict[int, Node] = {}
-
-    def bind(value: Any) -> Any:
-        return copies[value.index] if type(value) is Node else value
-
-    for node in edit.nodes:
-        target = node.target
-        if node.op in MODULE_VALUE_OPS:
-            path, call = target
-            if type(call) is Iteration:
-                call = invoker._iteration(call.start, call.stop, call.step)
-            target = (path, call)
-            key = (_EVENT_KIND[node.op], path, call)
-            existing = current.get(key) if node.op in _FED_OPS else None
-            if existing is not None:
-                copies[node.index] = existing.node
-                continue
-        copy = graph.create_node(node.op, target, map_structure(node.args, bind),
-                                 map_structure(node.kwargs, bind), invoke=invoker.index, where=node.where)
-        copies[node.index] = copy
-        invoker._runner._edit_nodes.add(copy.index)
-        if node.op in MODULE_VALUE_OPS:
-            current[key] = proxy_class(copy)

@@ -15,10 +15,10 @@ import torch
 from . import _state
 from .errors import EnvoyAttributeError, InvokeError, ModuleIndexError, TraceStateError
 from .graph import display_path
+from .proxy import Proxy, _record
 
 if TYPE_CHECKING:
     from .model import NNsightModel
-    from .proxy import Proxy
     from .tracer import Invoker
 
 __all__ = ["Envoy"]
@@ -217,7 +217,6 @@ class Envoy:
         runner = _state.current_runner()
         if runner is None or runner._model is not self._wrapper:
             return self._module(*args, **kwargs)
-        from .proxy import _record  # noqa: PLC0415 - proxy imports envoy's users
         return _record(self._wrapper.proxy_class, "call_module", self._path, args, kwargs)
 
     # -- helpers ---------------------------------------------------------------

@@ -1,21 +1,31 @@
 """Graph and Node: the intervention program recorded inside ``model.trace(...)``.
 
-The graph is data. Each :class:`Node` names its operation from the closed
-vocabulary :data:`OPS`; its arguments are constants or other nodes. The
-:class:`~nnsight_core.interleaver.Interleaver` runs a graph alongside the
-model's forward pass: ``output`` and ``inputs`` nodes get their values from its
-hooks, and every other node runs as ``getattr(interleaver, node.op)(node, args,
-kwargs)``, so those ops are also the Interleaver's override points.
+The graph is data, and only data. Each :class:`Node` names its operation from
+the closed vocabulary :data:`OPS`; its arguments are constants or other nodes.
+Nothing here holds the state of a run: the
+:class:`~nnsight_core.interleaver.Interleaver` that executes a graph keeps the
+values, readiness counts and batch rows of that one execution (as torch.fx's
+``Interpreter`` keeps its ``env``), so one graph can run several times, also
+concurrently. While the model runs, ``output`` and ``inputs`` nodes get their
+values from the Interleaver's hooks, and every other node runs as
+``getattr(interleaver, node.op)(node, args, kwargs)``, so those ops are also
+the Interleaver's override points.
+
+Higher layers add ways to write a graph through :attr:`Graph.extensions`
+(``nnsight_core.serialize`` adds JSON, ``nnsight_core.vis`` adds pictures).
 """
 
 from __future__ import annotations
 
 import linecache
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Set, Tuple
 
 from ._tree import map_structure
+from .errors import InvokeError
 
-__all__ = ["Graph", "Node", "Iteration", "OPS", "MODULE_VALUE_OPS", "EMPTY", "display_path"]
+__all__ = ["Graph", "Node", "Iteration", "OPS", "MODULE_VALUE_OPS", "FED_OPS", "EVENT_KIND", "EMPTY",
+           "display_path", "format_value", "make_node", "register", "map_arg",
+           "nodes_in", "format_location"]
 
 #: The closed vocabulary of node operations, with what ``target`` and ``args`` hold.
 OPS: Dict[str, str] = {
@@ -51,7 +61,8 @@ OPS: Dict[str, str] = {
 
 #: Ops whose value belongs to one module call; they run inside that module's hook.
 MODULE_VALUE_OPS = frozenset({"output", "inputs", "set_output", "set_inputs", "set_input"})
-_FED_OPS = frozenset({"output", "inputs"})
+#: The module-value ops whose value a hook supplies (the others replace a module value).
+FED_OPS = frozenset({"output", "inputs"})
 # Ops through which an in-place edit still reaches the value they were taken from.
 _VIEW_OPS = frozenset({"getitem", "getattr", "save"})
 _VIEW_METHODS = frozenset(
@@ -68,7 +79,7 @@ class _Empty:
         return "<empty>"
 
 
-#: Sentinel for "no value", held by a node not yet run or whose value was freed.
+#: Sentinel for "no value": a node not yet run, or whose value was freed.
 EMPTY: Any = _Empty()
 
 
@@ -78,10 +89,11 @@ class Iteration:
     ``tracer.iter[1:3]``, ``tracer.all()`` and ``envoy.all()`` record *template*
     nodes whose module values name an Iteration instead of one call. While the
     model runs, the first time a module of the iteration reaches a call ``k``
-    in its range, the Interleaver copies the templates for ``k``: every module
-    value the templates name is then call ``k`` of that module (generation
-    step ``k``, denoising step ``k``). A saved template collects one value per
-    call, in call order, as a list.
+    in its range, the Interleaver copies the templates for ``k`` (the copies
+    belong to that execution, not to the graph): every module value the
+    templates name is then call ``k`` of that module (generation step ``k``,
+    denoising step ``k``). A saved template collects one value per call, in
+    call order, as a list.
 
     Attributes:
         start: First call.
@@ -89,19 +101,14 @@ class Iteration:
         step: Stride between calls.
         nodes: The template nodes, in recording order.
         modules: ``(event kind, module path)`` pairs the templates read or edit.
-        instances: Call index to the nodes copied for it (during execution).
-        seen: The calls that got copies in the last execution, in order.
     """
 
-    __slots__ = ("start", "stop", "step", "nodes", "modules", "instances", "seen", "missed")
+    __slots__ = ("start", "stop", "step", "nodes", "modules")
 
     def __init__(self, start: int = 0, stop: Optional[int] = None, step: int = 1) -> None:
         self.start, self.stop, self.step = start, stop, step
         self.nodes: List[Node] = []
         self.modules: set = set()
-        self.instances: Dict[int, List[Node]] = {}
-        self.seen: List[int] = []
-        self.missed: List[str] = []
 
     def __contains__(self, call: int) -> bool:
         return (call >= self.start and (self.stop is None or call < self.stop)
@@ -121,6 +128,28 @@ class Iteration:
     __repr__ = __str__
 
 
+def format_location(where: Optional[Tuple[str, int]]) -> str:
+    """``(filename, line)`` as ``file:line: `code` `` (the line's source, when readable), or ''."""
+    if where is None:
+        return ""
+    filename, line = where
+    code = linecache.getline(filename, line).strip()
+    return f"{filename}:{line}" + (f": `{code}`" if code else "")
+
+
+def map_arg(value: Any, fn: Callable[[Node], Any]) -> Any:
+    """Apply ``fn`` to every :class:`Node` inside nested arguments (tuple, list, dict, slice);
+    other leaves stay as they are."""
+    return map_structure(value, lambda leaf: fn(leaf) if type(leaf) is Node else leaf)
+
+
+def nodes_in(value: Any) -> List[Node]:
+    """The nodes inside nested arguments, in order (with repeats)."""
+    found: List[Node] = []
+    map_arg(value, found.append)
+    return found
+
+
 def display_path(path: str) -> str:
     """``'transformer.h.0.mlp'`` -> ``'model.transformer.h[0].mlp'``."""
     if not path:
@@ -129,7 +158,7 @@ def display_path(path: str) -> str:
 
 
 class Node:
-    """One operation of the intervention program.
+    """One operation of the intervention program (structure only: no run state).
 
     Attributes:
         graph: The graph that owns the node.
@@ -145,13 +174,15 @@ class Node:
         invoke: Index of the invoke that recorded the node, or None.
         saved: Whether the value outlives the trace.
         where: ``(filename, line)`` of the user's code that recorded it.
-        value: The computed value, or :data:`EMPTY`.
+        mutated: Whether an in-place edit (or a gradient) reaches this module value,
+            which each execution then copies before handing it out.
+        iteration: The :class:`Iteration` this node is a template of, or None.
+        cond: The condition node of the ``tracer.cond`` block that recorded it, or None.
     """
 
     __slots__ = (
         "graph", "index", "op", "target", "args", "kwargs", "deps", "users", "invoke",
-        "saved", "where", "value", "done", "mutated", "iteration", "cond", "skipped", "_pending",
-        "_uses_left", "_flat",
+        "saved", "where", "mutated", "iteration", "cond", "_flat",
     )
 
     def __init__(self, graph: Graph, index: int, op: str, target: Any, args: tuple,
@@ -168,18 +199,10 @@ class Node:
         self.invoke = invoke
         self.saved = op == "save"
         self.where = where
-        self.value: Any = EMPTY
-        self.done = False
-        #: True when an in-place edit reaches this module value, which is then copied first.
         self.mutated = False
-        #: The Iteration this node is a template of, or None for a node that runs once.
         self.iteration: Optional[Iteration] = None
-        #: The condition node of the ``tracer.cond`` block that recorded it (it runs only if true).
         self.cond: Optional[Node] = None
-        #: Set while running when the node's condition was false (or an argument was skipped).
-        self.skipped = False
-        self._pending = len(deps)
-        self._uses_left = 0
+        # True when no argument nests a node inside a container (the fast path of execution).
         self._flat = flat
 
     @property
@@ -212,18 +235,19 @@ class Node:
 
     def source(self) -> str:
         """The user's line that recorded this node, as ``file:line: code``, or ''."""
-        if self.where is None:
-            return ""
-        filename, line = self.where
-        code = linecache.getline(filename, line).strip()
-        return f"{filename}:{line}" + (f": `{code}`" if code else "")
+        return format_location(self.where)
+
+    def at(self) -> str:
+        """`` (recorded at file:line: code)`` for messages, or '' when the line is unknown."""
+        where = format_location(self.where)
+        return f" (recorded at {where})" if where else ""
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.describe()}>"
 
 
 class Graph:
-    """The ordered list of nodes one trace recorded, plus its batch layout.
+    """The ordered list of nodes one trace recorded: pure structure, reusable across executions.
 
     Example:
         >>> with model.trace(x) as tracer:
@@ -234,88 +258,55 @@ class Graph:
 
     Attributes:
         nodes: All nodes in recording order.
-        rows: ``(start, stop)`` batch rows of each invoke.
-        batch_size: Rows in the batched forward pass.
-        layouts: Other dimension-0 sizes the execution makes of the batch, as
-            ``size -> (blocks, repeats)`` (see ``NNsightModel.batch_layout``).
+        rows: ``(start, stop)`` batch rows each invoke had when it was recorded (their
+            number is the graph's number of invokes; an execution takes its rows from
+            the inputs it is given).
         fed: ``(op, module path, call)`` to the ``output``/``inputs`` nodes fed by that hook event.
         edits: ``(op, module path, call)`` to nodes that must run inside that event.
         iterations: The :class:`Iteration` blocks whose template nodes run once per call.
         optional: Indices of nodes allowed not to run, e.g. the cache entries of modules
             that did not run (``tracer.cache()``).
-        conds: Condition nodes of the ``tracer.cond`` blocks open while recording (innermost last).
         guarded: Whether any node is conditional (execution then checks conditions).
         gradients: The ``grad`` nodes, in recording order.
-        recording: True while the user's code is still adding nodes.
+        extensions: Class attribute, the extension point for ways of writing a graph:
+            name to function, registered by the layers that implement them
+            (``"to_json"``/``"from_json"`` by :mod:`nnsight_core.serialize`,
+            ``"to_dot"``/``"vis"`` by :mod:`nnsight_core.vis`).
     """
+
+    extensions: ClassVar[Dict[str, Callable[..., Any]]] = {}
 
     def __init__(self) -> None:
         self.nodes: List[Node] = []
         self.rows: List[Tuple[int, int]] = []
-        self.batch_size = 0
-        self.layouts: Dict[int, Tuple[int, int]] = {}
         self.fed: Dict[Tuple[str, str, int], List[Node]] = {}
         self.edits: Dict[Tuple[str, str, int], List[Node]] = {}
         self.iterations: List[Iteration] = []
         self.optional: Set[int] = set()
-        self.conds: List[Node] = []
         self.guarded = False
         self.gradients: List[Node] = []
-        self.recording = True
-        self._copies_from: Optional[int] = None  # index of the first node copied from a template
 
     def create_node(self, op: str, target: Any, args: tuple = (), kwargs: Optional[dict] = None,
                     invoke: Optional[int] = None, where: Optional[Tuple[str, int]] = None,
-                    cond: Any = EMPTY) -> Node:
+                    cond: Optional[Node] = None) -> Node:
         """Append a node; ``args``/``kwargs`` may nest other nodes of this graph.
 
-        ``cond`` is the condition node the new node runs under; by default the
-        innermost open ``tracer.cond`` block's (module values fed by hooks are
-        never conditional).
+        ``cond`` is the condition node the new node runs under (the innermost
+        open ``tracer.cond`` block's); module values fed by hooks are never
+        conditional.
         """
-        if op not in OPS:
-            raise ValueError(f"unknown graph operation {op!r}; the vocabulary is {sorted(OPS)}")
-        kwargs = kwargs or {}
-        deps: Dict[int, Node] = {}
-        flat = True
-        for a in args:
-            kind = type(a)
-            if kind is Node:
-                deps[a.index] = a
-            elif kind in _CONTAINERS and _collect(a, deps):
-                flat = False
-        if kwargs and _collect(kwargs, deps):
-            flat = False
-        if cond is EMPTY:
-            cond = self.conds[-1] if self.conds and op not in _FED_OPS else None
-        if cond is not None:
-            deps[cond.index] = cond
-        node = Node(self, len(self.nodes), op, target, args if type(args) is tuple else tuple(args),
-                    kwargs, tuple(deps.values()), invoke, where, flat)
-        if cond is not None:
-            node.cond = cond
+        node = make_node(self, len(self.nodes), op, target, args, kwargs, invoke, where,
+                         None if op in FED_OPS else cond)
+        if node.cond is not None:
             self.guarded = True
         for dep in node.deps:
             dep.users.append(node)
         self.nodes.append(node)
         if self.iterations and _template_of(node) is not None:
-            return node  # registered when it is copied for a call (instantiate)
-        if op in MODULE_VALUE_OPS:
-            key = (_EVENT_KIND[op], target[0], target[1])
-            (self.fed if op in _FED_OPS else self.edits).setdefault(key, []).append(node)
-        elif op == "setitem" or (op == "call_method" and _is_inplace(target)):
-            root = _mutation_root(args[0] if args else None)
-            if root is not None:
-                key = (_EVENT_KIND[root.op], root.target[0], root.target[1])
-                self.edits.setdefault(key, []).append(node)
-                if root.op in _FED_OPS:
-                    root.mutated = True
-        elif op == "grad":
+            return node  # each execution registers its copies for their call (see register)
+        register(node, self.fed, self.edits)
+        if op == "grad":
             self.gradients.append(node)
-            root = _mutation_root(args[0] if args else None)
-            if root is not None and root.op in _FED_OPS:
-                # Its gradient hook needs the invoke's own copy of the rows on the model's path.
-                root.mutated = True
         return node
 
     def iteration(self, start: int = 0, stop: Optional[int] = None, step: int = 1) -> Iteration:
@@ -324,70 +315,7 @@ class Graph:
         self.iterations.append(iteration)
         return iteration
 
-    def instantiate(self, iteration: Iteration, call: int) -> List[Node]:
-        """Copy ``iteration``'s template nodes for module call ``call``; return the copies.
-
-        The copies are ordinary nodes (registered for their hook events) whose
-        pending counts already account for arguments computed earlier.
-        """
-        if self._copies_from is None:
-            self._copies_from = len(self.nodes)
-        copies: Dict[int, Node] = {}
-        created = []
-
-        def bind(value: Any) -> Any:
-            if type(value) is Node and value.iteration is iteration:
-                return copies[value.index]
-            return value
-
-        for template in iteration.nodes:
-            target = template.target
-            if template.op in MODULE_VALUE_OPS and target[1] is iteration:
-                target = (target[0], call)
-            node = self.create_node(template.op, target, map_structure(template.args, bind),
-                                    map_structure(template.kwargs, bind), template.invoke, template.where,
-                                    cond=bind(template.cond))
-            node.saved = template.saved
-            copies[template.index] = node
-            created.append(node)
-        for node in created:
-            node._uses_left = len(node.users)
-            node._pending = sum(1 for dep in node.deps if not dep.done)
-        iteration.instances[call] = created
-        return created
-
-    def drop_instances(self) -> None:
-        """Collect saved templates' values (one per call) and remove every copied node."""
-        for iteration in self.iterations:
-            iteration.seen = sorted(iteration.instances)
-            iteration.missed = []
-            position = {t.index: i for i, t in enumerate(iteration.nodes)}
-            for template in iteration.nodes:
-                if template.saved:
-                    template.value = [iteration.instances[k][position[template.index]].value
-                                      for k in iteration.seen]
-            for call in iteration.seen:
-                for node in iteration.instances[call]:
-                    if not node.done and node.op in _FED_OPS:
-                        iteration.missed.append(node.describe())
-            iteration.instances = {}
-        recorded, self._copies_from = self._copies_from, None
-        if recorded is None:
-            return
-        for node in self.nodes[recorded:]:
-            for dep in node.deps:
-                if dep.index < recorded:
-                    dep.users.remove(node)
-        del self.nodes[recorded:]
-        for table in (self.fed, self.edits):
-            for key in [k for k, nodes in table.items() if any(n.index >= recorded for n in nodes)]:
-                kept = [n for n in table[key] if n.index < recorded]
-                if kept:
-                    table[key] = kept
-                else:
-                    del table[key]
-
-    def rewrite_as_method_call(self, node: Node, args: tuple, kwargs: dict) -> Node:
+    def rewrite_as_method_call(self, node: Node, args: tuple, kwargs: dict, cond: Optional[Node] = None) -> Node:
         """Turn an unused ``getattr`` node into a ``call_method`` of that attribute."""
         obj = node.args[0]
         if self.nodes and self.nodes[-1] is node and not node.users:
@@ -395,51 +323,7 @@ class Graph:
             for dep in node.deps:
                 dep.users.remove(node)
         return self.create_node("call_method", node.target, (obj,) + tuple(args), kwargs,
-                                invoke=node.invoke, where=node.where)
-
-    def reset(self) -> List[int]:
-        """Prepare every node for a (new) execution; return the indices of those ready at once.
-
-        Ready at once are nodes with no node arguments, except ``output``/``inputs``
-        nodes, whose values only a module's hook can supply. The list is sorted,
-        hence a valid heap.
-        """
-        ready = []
-        if self.guarded:
-            for node in self.nodes:
-                node.skipped = False
-        if self.iterations:
-            return self._reset_with_iterations()
-        for node in self.nodes:
-            node.value = EMPTY
-            node.done = False
-            node._pending = pending = len(node.deps)
-            node._uses_left = len(node.users)
-            if not pending and node.op not in _FED_OPS:
-                ready.append(node.index)
-        return ready
-
-    def _reset_with_iterations(self) -> List[int]:
-        ready = []
-        for node in self.nodes:
-            node.value = EMPTY
-            node.done = False
-            node._pending = pending = len(node.deps)
-            # A value that templates use must outlive all their copies: never free it early.
-            used_by_templates = any(user.iteration is not None for user in node.users)
-            node._uses_left = _KEEP if used_by_templates else len(node.users)
-            if node.iteration is None and not pending and node.op not in _FED_OPS:
-                ready.append(node.index)
-        for iteration in self.iterations:
-            iteration.instances = {}
-        return ready
-
-    def release(self) -> None:
-        """Drop every value but saved ones after execution; the structure stays printable."""
-        self.recording = False
-        for node in self.nodes:
-            if not node.saved:
-                node.value = EMPTY
+                                invoke=node.invoke, where=node.where, cond=cond)
 
     def modules(self) -> Iterator[Tuple[str, str]]:
         """Yield each distinct ``(event kind, module path)`` the graph needs a hook for."""
@@ -452,33 +336,27 @@ class Graph:
                 seen.add(pair)
                 yield pair
 
+    # -- ways of writing the graph, added by higher layers (see `extensions`) -------------
+
     def to_dot(self) -> str:
         """The graph as Graphviz DOT source (see :func:`nnsight_core.vis.to_dot`)."""
-        from .vis import to_dot  # noqa: PLC0415 - vis imports this module
-
-        return to_dot(self)
+        return _extension("to_dot")(self)
 
     def vis(self, path: Any = None, format: str = "svg") -> Any:
         """Draw the graph as SVG, PNG or PDF with Graphviz (see :func:`nnsight_core.vis.render`).
 
         Returns the image bytes, or writes ``path`` and returns it as a ``Path``.
         """
-        from .vis import render  # noqa: PLC0415 - vis imports this module
-
-        return render(self, path, format)
+        return _extension("vis")(self, path, format)
 
     def to_json(self, indent: Optional[int] = None) -> str:
         """The graph as JSON: data only, no pickle (see :func:`nnsight_core.serialize.to_json`)."""
-        from .serialize import to_json  # noqa: PLC0415 - serialize imports this module
-
-        return to_json(self, indent)
+        return _extension("to_json")(self, indent)
 
     @staticmethod
     def from_json(text: Any, device: Any = None) -> Graph:
         """Rebuild a graph from :meth:`to_json`'s text (see :func:`nnsight_core.serialize.from_json`)."""
-        from .serialize import from_json  # noqa: PLC0415 - serialize imports this module
-
-        return from_json(text, device)
+        return _extension("from_json")(text, device)
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -489,24 +367,82 @@ class Graph:
             if node.op in MODULE_VALUE_OPS:
                 body = node.describe()
                 if node.args:
-                    body += " <- " + ", ".join(_fmt(a) for a in node.args[1:])
+                    body += " <- " + ", ".join(format_value(a) for a in node.args[1:])
             else:
                 target = getattr(node.target, "__qualname__", node.target)
-                parts = [_fmt(a) for a in node.args] + [f"{k}={_fmt(v)}" for k, v in node.kwargs.items()]
+                parts = [format_value(a) for a in node.args] + [f"{k}={format_value(v)}" for k, v in node.kwargs.items()]
                 body = f"{node.op}[{target}]({', '.join(parts)})" if target is not None else f"{node.op}({', '.join(parts)})"
             flag = "   [saved]" if node.saved else ""
             lines.append(f"%{node.index:<3} {body}{flag}")
         return "\n".join(lines) if lines else "<empty graph>"
 
 
-# Which hook event (a module's inputs or its output) each module-value op belongs to.
-_EVENT_KIND = {"output": "output", "set_output": "output",
+def _extension(name: str) -> Callable[..., Any]:
+    function = Graph.extensions.get(name)
+    if function is None:  # only when a layer above was never imported (nnsight_core imports all)
+        raise NotImplementedError(f"Graph.{name} is provided by a layer above nnsight_core.graph that is "
+                                  "not loaded: import nnsight_core.")
+    return function
+
+
+def make_node(graph: Graph, index: int, op: str, target: Any, args: tuple, kwargs: Optional[dict],
+              invoke: Optional[int], where: Optional[Tuple[str, int]], cond: Optional[Node]) -> Node:
+    """A node of ``graph`` at ``index`` with its ``deps`` worked out; neither appended to the
+    graph nor linked into its arguments' ``users`` (the caller does what fits).
+
+    Raises:
+        ValueError: ``op`` is not in :data:`OPS`.
+    """
+    if op not in OPS:
+        raise ValueError(f"unknown graph operation {op!r}; the vocabulary is {sorted(OPS)}")
+    kwargs = kwargs or {}
+    deps: Dict[int, Node] = {}
+    flat = True
+    for a in args:
+        kind = type(a)
+        if kind is Node:
+            deps[a.index] = a
+        elif kind in _CONTAINERS and _collect(a, deps):
+            flat = False
+    if kwargs and _collect(kwargs, deps):
+        flat = False
+    if cond is not None:
+        deps[cond.index] = cond
+    node = Node(graph, index, op, target, args if type(args) is tuple else tuple(args),
+                kwargs, tuple(deps.values()), invoke, where, flat)
+    node.cond = cond
+    return node
+
+
+def register(node: Node, fed: Dict[Tuple[str, str, int], List[Node]],
+             edits: Dict[Tuple[str, str, int], List[Node]]) -> None:
+    """File ``node`` under the hook event it runs in (``fed`` for module values the hook
+    supplies, ``edits`` for nodes that change a module value), and mark the module value an
+    in-place edit or a gradient reaches as ``mutated``."""
+    op = node.op
+    if op in MODULE_VALUE_OPS:
+        key = (EVENT_KIND[op], node.target[0], node.target[1])
+        (fed if op in FED_OPS else edits).setdefault(key, []).append(node)
+    elif op == "setitem" or (op == "call_method" and _is_inplace(node.target)):
+        args = node.args
+        root = _mutation_root(args[0] if args else None)
+        if root is not None:
+            key = (EVENT_KIND[root.op], root.target[0], root.target[1])
+            edits.setdefault(key, []).append(node)
+            if root.op in FED_OPS:
+                root.mutated = True
+    elif op == "grad":
+        root = _mutation_root(node.args[0] if node.args else None)
+        if root is not None and root.op in FED_OPS:
+            # Its gradient hook needs the invoke's own copy of the rows on the model's path.
+            root.mutated = True
+
+
+#: Which hook event (a module's inputs or its output) each module-value op belongs to.
+EVENT_KIND = {"output": "output", "set_output": "output",
                "inputs": "inputs", "set_inputs": "inputs", "set_input": "inputs"}
 _CONTAINERS = frozenset({tuple, list, dict, slice})
 
-
-# Uses-left count of a value that template nodes read: larger than any number of copies.
-_KEEP = 1 << 40
 
 
 def _template_of(node: Node) -> Optional[Iteration]:
@@ -524,8 +460,6 @@ def _template_of(node: Node) -> Optional[Iteration]:
     for dep in node.deps:
         if dep.iteration is not None and dep.iteration is not iteration:
             if iteration is not None:
-                from .errors import InvokeError  # noqa: PLC0415 - errors is a leaf; keep graph import-light
-
                 raise InvokeError(f"{node.describe()} combines values of two iterations ({iteration} "
                                   f"and {dep.iteration}); use one iteration block for values that "
                                   "belong together.")
@@ -534,7 +468,7 @@ def _template_of(node: Node) -> Optional[Iteration]:
         node.iteration = iteration
         iteration.nodes.append(node)
         if node.op in MODULE_VALUE_OPS and node.target[1] is iteration:
-            iteration.modules.add((_EVENT_KIND[node.op], node.target[0]))
+            iteration.modules.add((EVENT_KIND[node.op], node.target[0]))
         # In-place edits of templates mark nothing here: their copies mark their own roots.
     return iteration
 
@@ -573,14 +507,14 @@ def _mutation_root(value: Any) -> Optional[Node]:
     return None
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     if type(value) is Node:
         return f"%{value.index}"
     if type(value) in (tuple, list):
-        inner = ", ".join(_fmt(v) for v in value)
+        inner = ", ".join(format_value(v) for v in value)
         return f"({inner})" if type(value) is tuple else f"[{inner}]"
     if type(value) is slice:
-        return ":".join("" if v is None else _fmt(v) for v in (value.start, value.stop, value.step)).rstrip(":") or ":"
+        return ":".join("" if v is None else format_value(v) for v in (value.start, value.stop, value.step)).rstrip(":") or ":"
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"tensor{tuple(value.shape)}"
     text = repr(value)

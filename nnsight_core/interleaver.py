@@ -1,5 +1,13 @@
 """Interleaver: runs an intervention graph alongside a module's forward pass.
 
+An Interleaver is one execution of a graph, as torch.fx's ``Interpreter`` is
+one run of its graph: it owns all the state of that run (each node's value,
+how many arguments it still waits for, how many users will still read it, the
+batch rows each invoke owns, the copies of iteration templates), and the
+:class:`~nnsight_core.graph.Graph` stays pure structure. So one graph can run
+any number of times, also in several threads at once, each run with its own
+Interleaver.
+
 For the duration of one execution it hooks exactly the modules the graph
 touches, counts each module's calls, hands every invoke only its own batch
 rows, runs the nodes that became ready, and writes edits back to those rows
@@ -14,7 +22,8 @@ of the module), and exposes the original signature through ``__wrapped__``.
 
 Node execution is data-driven: a node runs as soon as all its arguments
 exist; nodes that become ready together run in recording order. Each value is
-freed right after its last user ran unless it was saved.
+freed right after its last user ran unless it was saved (or the execution
+keeps every value: ``keep=True``).
 """
 
 from __future__ import annotations
@@ -22,20 +31,23 @@ from __future__ import annotations
 import operator as _operator
 import threading
 from heapq import heappop, heappush
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
 
 from ._grad import DEFERRED, Gradients, run_backward
-from ._tree import clone, narrow, row_table, write_back
+from ._tree import RowTable, clone, narrow, row_table, write_back
 from .errors import (AssignmentError, BatchError, InterventionError, MissedCallError, NNsightError,
                      OutOfOrderEditError)
-from .graph import EMPTY, Graph, Iteration, Node, display_path
+from .graph import EMPTY, FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node, display_path, make_node, map_arg, register
 
-__all__ = ["Interleaver", "StopExecution"]
+__all__ = ["Batch", "Interleaver", "StopExecution", "module_at"]
 
 _UNCHANGED = object()
+
+# Uses-left count of a value that template nodes read: larger than any number of copies.
+_KEEP = 1 << 40
 
 
 class StopExecution(BaseException):
@@ -44,6 +56,60 @@ class StopExecution(BaseException):
     A ``BaseException``, so model code that catches ``Exception`` lets it
     through; :meth:`NNsightModel.interleave` catches it.
     """
+
+
+class Batch(NamedTuple):
+    """How one execution's batch is shared among invokes.
+
+    Example:
+        >>> Batch.of([1, 2])              # invoke 0 owns row 0, invoke 1 rows 1-2
+        Batch(rows=((0, 1), (1, 3)), size=3, layouts={})
+
+    Attributes:
+        rows: ``(start, stop)`` batch rows of each invoke, in order.
+        size: Rows of the batched inputs.
+        layouts: Other dimension-0 sizes the execution makes of the batch, as
+            ``size -> (blocks, repeats)`` (see ``NNsightModel.batch_layout``).
+    """
+
+    rows: Tuple[Tuple[int, int], ...]
+    size: int
+    layouts: Dict[int, Tuple[int, int]]
+
+    @classmethod
+    def of(cls, sizes: Sequence[int], layouts: Optional[Dict[int, Tuple[int, int]]] = None) -> Batch:
+        """The batch of invokes with ``sizes`` rows each, in order."""
+        rows, stop = [], 0
+        for size in sizes:
+            rows.append((stop, stop + size))
+            stop += size
+        return cls(tuple(rows), stop, dict(layouts or {}))
+
+    def table(self) -> Optional[RowTable]:
+        """Which rows each invoke owns per dimension-0 size; None when one invoke owns them all."""
+        if len(self.rows) == 1 and self.rows[0] == (0, self.size):
+            return None
+        return row_table(self.rows, self.size, self.layouts)
+
+
+def module_at(root: torch.nn.Module, attached: Dict[str, torch.nn.Module], path: str) -> Optional[torch.nn.Module]:
+    """The module at dotted ``path`` below ``root`` (or below a module ``attached`` beside it,
+    named by the path's first part), or None when there is none.
+
+    The one lookup of module paths: executions, graph checks and envoys agree on what
+    a path means.
+    """
+    module = root
+    if not path:
+        return module
+    parts = path.split(".")
+    if parts[0] in attached and parts[0] not in module._modules:
+        module = attached[parts.pop(0)]
+    for part in parts:  # what get_submodule does, without its per-step checks
+        module = module._modules.get(part)
+        if module is None:
+            return None
+    return module
 
 
 class _Event:
@@ -57,62 +123,96 @@ class _Event:
 
 
 class Interleaver:
-    """Context manager that interleaves ``graph`` with calls of ``root`` and its submodules.
+    """One execution of ``graph`` interleaved with calls of ``root`` and its submodules.
 
     Example:
-        >>> from nnsight_core import Graph
         >>> with model.trace(x) as tracer:
         ...     h = model.layer1.output.save()
-        >>> graph = Graph.from_json(tracer.graph.to_json())   # a copy not yet run
-        >>> with Interleaver(graph, net) as interleaver:       # what model.trace does
+        >>> graph = tracer.graph                    # structure only: it can run again
+        >>> with Interleaver(graph, net) as interleaver:
         ...     out = net(x)
         >>> interleaver.check_complete()
-        >>> torch.equal(graph.nodes[1].value, net.layer1(x))   # the save node's value
+        >>> torch.equal(interleaver.results()[1], net.layer1(x))   # the save node's value
         True
 
+    Args:
+        graph: The graph to run.
+        root: The wrapped module.
+        attached: Modules attached beside it (reached by their top-level name).
+        batch: How the batch is shared among the graph's invokes; None when a
+            single invoke owns the whole batch.
+        keep: Keep every node's value, not only saved ones (sessions, the scan).
+
+    Attributes:
+        graph: The graph being run.
+        values: Node index to its value in this execution (:data:`~nnsight_core.graph.EMPTY`
+            before it runs and after it is freed); copies of iteration templates
+            have indices past the graph's nodes.
+        done: Node index to whether it has run.
+        skipped: Indices of the nodes a false ``tracer.cond`` condition skipped.
+
     Override points: one method per graph operation (``operator``, ``getitem``,
-    ``setitem``, ``getattr``, ``call_method``, ``call_function``,
-    ``call_module``, ``save``, ``set_output``, ``set_inputs``, ``set_input``, ``grad``,
-    ``set_grad``, ``backward``),
-    each called as ``method(node, args, kwargs)`` with concrete arguments.
+    ``setitem``, ``getattr``, ``call_method``, ``call_function``, ``call_module``,
+    ``save``, ``apply``, ``stop``, ``set_output``, ``set_inputs``, ``set_input``,
+    ``grad``, ``set_grad``, ``backward``), each called as ``method(node, args,
+    kwargs)`` with concrete arguments. A subclass that runs graphs differently
+    (the scan on fake tensors, :class:`nnsight_core.scan.ScanInterleaver`) overrides them.
     """
 
     def __init__(self, graph: Graph, root: torch.nn.Module,
-                 attached: Optional[Dict[str, torch.nn.Module]] = None) -> None:
+                 attached: Optional[Dict[str, torch.nn.Module]] = None, batch: Optional[Batch] = None,
+                 keep: bool = False) -> None:
         self.graph = graph
         self.root = root
         self.attached = attached or {}
+        self.keep = keep
+        nodes = graph.nodes
+        self.nodes: List[Node] = nodes  # copied before iteration copies are appended
+        self.values: List[Any] = [EMPTY] * len(nodes)
+        self.done: List[bool] = [False] * len(nodes)
+        self.skipped: set = set()
+        self._pending: List[int] = [len(node.deps) for node in nodes]
+        self._uses: List[int] = [len(node.users) for node in nodes]
+        self._users: List[List[Node]] = [node.users for node in nodes]
+        self._fed = graph.fed
+        self._edits = graph.edits
         self._restore: List[Tuple[torch.nn.Module, Any]] = []
         self._calls: Dict[Tuple[str, str], int] = {}
         self._open: Dict[Tuple[str, str, int], _Event] = {}
         self._ready: List[int] = []
         self._bypass = 0
         # Gradient hooks and which backward pass feeds each grad node (None: no grad node).
-        self._grads = Gradients(graph) if graph.gradients else None
+        self._grads = self._gradients()
         self._thread = threading.get_ident()
-        batch = graph.batch_size
-        self._whole = len(graph.rows) == 1 and graph.rows[0] == (0, batch)
         # Which rows each invoke owns; one invoke owning the whole batch needs no table.
-        self._table = None if self._whole else row_table(graph.rows, batch, graph.layouts)
+        self._table = None if batch is None else batch.table()
+        self._whole = self._table is None
         self._guarded = graph.guarded
-        # (event kind, module path) -> the iterations whose templates that event starts copying.
+        # Iterations: (event kind, module path) -> the iterations whose templates that event
+        # starts copying, and per iteration the copies made for each call.
         self._iterating: Dict[Tuple[str, str], List[Iteration]] = {}
+        self._instances: Dict[Iteration, Dict[int, List[Node]]] = {}
         for iteration in graph.iterations:
+            self._instances[iteration] = {}
             for pair in iteration.modules:
                 self._iterating.setdefault(pair, []).append(iteration)
+
+    def _gradients(self) -> Optional[Gradients]:
+        """The gradient state of this execution, or None when the graph reads no gradient
+        (override point: an execution that runs no backward pass returns None)."""
+        return Gradients(self.graph, self) if self.graph.gradients else None
 
     # -- hooks -------------------------------------------------------------
 
     def __enter__(self) -> Interleaver:
-        graph = self.graph
-        self._ready = graph.reset()
+        self._ready = self._start()
         try:
             kinds: Dict[str, set] = {}
-            for kind, path in graph.modules():
+            for kind, path in self.graph.modules():
                 kinds.setdefault(path, set()).add(kind)
             for path, wanted in kinds.items():
                 self._hook(path, "inputs" in wanted, "output" in wanted)
-            self._drain()
+            self.drain()
         except BaseException:
             self.remove_hooks()
             raise
@@ -120,8 +220,24 @@ class Interleaver:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove_hooks()
+
+    def _start(self) -> List[int]:
+        """The indices of the nodes ready at once, sorted (hence a valid heap).
+
+        Ready at once are nodes with no node arguments, except ``output``/``inputs``
+        nodes, whose values only a module's hook can supply, and iteration templates,
+        which only run as copies.
+        """
+        nodes = self.nodes
         if self.graph.iterations:
-            self.graph.drop_instances()
+            uses = self._uses
+            for node in nodes:
+                # A value that templates use must outlive all their copies: never free it early.
+                if any(user.iteration is not None for user in node.users):
+                    uses[node.index] = _KEEP
+            return [node.index for node in nodes
+                    if not node.deps and node.op not in FED_OPS and node.iteration is None]
+        return [node.index for node in nodes if not node.deps and node.op not in FED_OPS]
 
     def remove_hooks(self) -> None:
         """Restore every hooked module's ``forward`` and remove gradient hooks (idempotent)."""
@@ -165,8 +281,8 @@ class Interleaver:
         key = (kind, path, call)
         if self._iterating:
             self._copy_templates(kind, path, call)
-        fed = self.graph.fed.get(key)
-        edits = self.graph.edits.get(key)
+        fed = self._fed.get(key)
+        edits = self._edits.get(key)
         if fed is None and edits is None:
             return _UNCHANGED
         event = _Event()
@@ -179,13 +295,14 @@ class Interleaver:
                 if node.mutated:
                     rows = clone(rows)
                     event.replaced[invoke] = rows
-                self._feed(node, rows)
-            self._drain()
+                self.feed(node, rows)
+            self.drain()
         finally:
             del self._open[key]
+        done = self.done
         for node in edits or ():
-            if not node.done:
-                late = [d.describe() for d in node.deps if not d.done]
+            if not done[node.index]:
+                late = [d.describe() for d in node.deps if not done[d.index]]
                 raise OutOfOrderEditError(
                     f"{node.describe()} (recorded at {node.source() or 'unknown'}) edits "
                     f"{display_path(path)}.{kind} (call {call}) but depends on "
@@ -199,107 +316,210 @@ class Interleaver:
         return write_back(value, event.replaced, event.narrowed, self._table,
                           f"{display_path(path)}.{kind} (call {call})")
 
+    # -- iterations: copies of template nodes, per call, owned by this execution -----------
+
     def _copy_templates(self, kind: str, path: str, call: int) -> None:
         """At the first event of call ``call`` of an iteration's modules, copy its templates for it."""
         for iteration in self._iterating.get((kind, path), ()):
-            if call in iteration and call not in iteration.instances:
-                for node in self.graph.instantiate(iteration, call):
-                    if not node._pending and node.op not in ("output", "inputs"):
+            instances = self._instances[iteration]
+            if call in iteration and call not in instances:
+                instances[call] = copies = self._instantiate(iteration, call)
+                pending = self._pending
+                for node in copies:
+                    if not pending[node.index] and node.op not in FED_OPS:
                         heappush(self._ready, node.index)
+
+    def _instantiate(self, iteration: Iteration, call: int) -> List[Node]:
+        """Copy ``iteration``'s template nodes for module call ``call``; return the copies.
+
+        The copies are nodes of this execution only (indices past the graph's),
+        registered for their hook events in this execution's tables, with pending
+        counts that account for arguments computed earlier.
+        """
+        if self.nodes is self.graph.nodes:  # first copies: the graph's tables stay untouched
+            self.nodes = list(self.nodes)
+            self._fed = {key: list(nodes) for key, nodes in self._fed.items()}
+            self._edits = {key: list(nodes) for key, nodes in self._edits.items()}
+        copies: Dict[int, Node] = {}
+
+        def bind(node: Node) -> Node:
+            return copies[node.index] if node.iteration is iteration else node
+
+        created = []
+        for template in iteration.nodes:
+            target = template.target
+            if template.op in MODULE_VALUE_OPS and target[1] is iteration:
+                target = (target[0], call)
+            node = make_node(template.graph, len(self.nodes), template.op, target,
+                             map_arg(template.args, bind), map_arg(template.kwargs, bind),
+                             template.invoke, template.where,
+                             None if template.cond is None else bind(template.cond))
+            node.saved = template.saved
+            self.nodes.append(node)
+            self._users.append([])
+            for dep in node.deps:
+                if dep.index < len(self.graph.nodes):
+                    users = self._users[dep.index]
+                    if users is dep.users:  # copy on write: the graph's list stays as recorded
+                        users = self._users[dep.index] = list(users)
+                    users.append(node)
+                else:
+                    self._users[dep.index].append(node)
+            register(node, self._fed, self._edits)
+            copies[template.index] = node
+            created.append(node)
+        done = self.done
+        for node in created:
+            self.values.append(EMPTY)
+            done.append(False)
+        for node in created:
+            self._uses.append(len(self._users[node.index]))
+            self._pending.append(sum(1 for dep in node.deps if not done[dep.index]))
+        return created
 
     # -- execution ------------------------------------------------------------
 
     def module(self, path: str) -> torch.nn.Module:
-        """The module at ``path``: in the wrapped model, or one attached beside it."""
-        module = self.root
-        if not path:
-            return module
-        parts = path.split(".")
-        if parts[0] in self.attached and parts[0] not in module._modules:
-            module = self.attached[parts.pop(0)]
-        try:
-            for part in parts:  # what get_submodule does, without its per-step checks
-                module = module._modules[part]
-        except KeyError:
+        """The module at ``path``: in the wrapped model, or one attached beside it.
+
+        Raises:
+            AttributeError: No module has that path (torch's ``get_submodule`` message).
+        """
+        module = module_at(self.root, self.attached, path)
+        if module is None:
             return self.root.get_submodule(path)  # raises its own, precise error
         return module
 
-    def _feed(self, node: Node, value: Any) -> None:
-        node.value = value
-        node.done = True
-        for user in node.users:
-            user._pending -= 1
-            if user._pending == 0:
-                heappush(self._ready, user.index)
+    def feed(self, node: Node, value: Any) -> None:
+        """Give ``node`` its value (from a hook) and queue the users it made ready."""
+        index = node.index
+        self.values[index] = value
+        self.done[index] = True
+        pending, ready = self._pending, self._ready
+        for user in self._users[index]:
+            pending[user.index] -= 1
+            if pending[user.index] == 0:
+                heappush(ready, user.index)
 
-    def _drain(self) -> None:
-        ready, nodes = self._ready, self.graph.nodes
+    def drain(self) -> None:
+        """Run every queued node, and the nodes they make ready, in recording order."""
+        ready, nodes = self._ready, self.nodes
         while ready:
             self._run(nodes[heappop(ready)])
+
+    def feed_apart(self, node: Node, value: Any) -> None:
+        """Feed ``node`` and run only what that makes ready; nodes queued before wait.
+
+        A gradient hook uses it: inside autograd's backward pass only what the
+        gradient makes ready may run (autograd records nothing there).
+        """
+        waiting, self._ready = self._ready, []
+        try:
+            self.feed(node, value)
+            self.drain()
+        finally:
+            self._ready = waiting
 
     def _run(self, node: Node) -> None:
         if self._guarded and self._skips(node):
             self._skip(node)
             return
+        values = self.values
         if node._flat:
-            args = tuple([a.value if type(a) is Node else a for a in node.args])
+            args = tuple([values[a.index] if type(a) is Node else a for a in node.args])
             kwargs = node.kwargs
         else:
-            args = _resolve(node.args)
-            kwargs = _resolve(node.kwargs)
+            args = map_arg(node.args, lambda n: values[n.index])
+            kwargs = map_arg(node.kwargs, lambda n: values[n.index])
         try:
             value = getattr(self, node.op)(node, args, kwargs)
         except NNsightError:
             raise
         except Exception as error:
-            at = node.source()
             raise InterventionError(
-                f"{node.describe()}{' at ' + at if at else ''} failed while the model ran: "
-                f"{type(error).__name__}: {error}"
+                f"{node.describe()}{' at ' + node.source() if node.where else ''} failed while the model "
+                f"ran: {type(error).__name__}: {error}"
             ) from error
-        for dep in node.deps:
-            dep._uses_left -= 1
-            if dep._uses_left == 0 and not dep.saved:
-                dep.value = EMPTY
+        self._release(node)
         if value is DEFERRED:
             return  # a hook feeds the value later (a gradient, during its backward pass)
-        node.done = True
-        if node.users or node.saved:
-            node.value = value
-            for user in node.users:
-                user._pending -= 1
-                if user._pending == 0:
-                    heappush(self._ready, user.index)
+        index = node.index
+        self.done[index] = True
+        users = self._users[index]
+        if users or node.saved or self.keep:
+            values[index] = value
+            pending, ready = self._pending, self._ready
+            for user in users:
+                pending[user.index] -= 1
+                if pending[user.index] == 0:
+                    heappush(ready, user.index)
+
+    def _release(self, node: Node) -> None:
+        """Count one use of each argument of ``node``; free the values no one will read again."""
+        uses, values, keep = self._uses, self.values, self.keep
+        for dep in node.deps:
+            index = dep.index
+            uses[index] -= 1
+            if uses[index] == 0 and not dep.saved and not keep:
+                values[index] = EMPTY
 
     def _skip(self, node: Node) -> None:
         """Mark ``node`` as not run (its condition is false); its users are skipped in turn."""
-        for dep in node.deps:
-            dep._uses_left -= 1
-            if dep._uses_left == 0 and not dep.saved:
-                dep.value = EMPTY
-        node.done = node.skipped = True
-        for user in node.users:
-            user._pending -= 1
-            if user._pending == 0:
-                heappush(self._ready, user.index)
+        self._release(node)
+        index = node.index
+        self.done[index] = True
+        self.skipped.add(index)
+        pending, ready = self._pending, self._ready
+        for user in self._users[index]:
+            pending[user.index] -= 1
+            if pending[user.index] == 0:
+                heappush(ready, user.index)
+
+    def skip_with_users(self, node: Node) -> None:
+        """Mark ``node`` and everything computed from it as skipped (not run, by a false condition)."""
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            if not self.done[current.index]:
+                self.done[current.index] = True
+                self.skipped.add(current.index)
+                stack.extend(self._users[current.index])
 
     def _skips(self, node: Node) -> bool:
         """Whether ``node`` must not run: its condition is false, or an argument was skipped."""
-        for dep in node.deps:
-            if dep.skipped:
-                return True
+        skipped = self.skipped
+        if skipped:
+            for dep in node.deps:
+                if dep.index in skipped:
+                    return True
         cond = node.cond
         if cond is None:
             return False
         try:
-            return not bool(cond.value)
+            return not bool(self.values[cond.index])
         except Exception as error:  # noqa: BLE001 - reported with the condition's line
-            at = cond.source()
             raise InterventionError(
-                f"the condition of tracer.cond ({cond.describe()}{', recorded at ' + at if at else ''}) "
+                f"the condition of tracer.cond ({cond.describe()}{', recorded at ' + cond.source() if cond.where else ''}) "
                 f"is not a single true/false value: {type(error).__name__}: {error}. Reduce it to one "
                 "element, e.g. `(h > 0).all()` or `h[0, 0] > 0`."
             ) from error
+
+    # -- after the run ---------------------------------------------------------------
+
+    def results(self) -> Dict[int, Any]:
+        """The values this execution leaves, by node index of the graph: saved values (every
+        value with ``keep=True``); a saved iteration template's value is the list of its
+        copies' values, one per call, in call order."""
+        values, graph_nodes = self.values, self.graph.nodes
+        wanted = graph_nodes if self.keep else [node for node in graph_nodes if node.saved]
+        results = {node.index: values[node.index] for node in wanted
+                   if node.iteration is None and values[node.index] is not EMPTY}
+        for iteration, instances in self._instances.items():
+            calls = sorted(instances)
+            for position, template in enumerate(iteration.nodes):
+                if template.saved or self.keep:
+                    results[template.index] = [values[instances[call][position].index] for call in calls]
+        return results
 
     def check_complete(self) -> None:
         """Raise if any node waited on a module call that never happened.
@@ -307,10 +527,10 @@ class Interleaver:
         Raises:
             MissedCallError: Naming the module, the call and how often it ran.
         """
-        optional = self.graph.optional
+        optional, done = self.graph.optional, self.done
         for (kind, path, call), nodes in self.graph.fed.items():
             for node in nodes:
-                if not node.done and node.index not in optional:
+                if not done[node.index] and node.index not in optional:
                     ran = self._calls.get((kind, path), 0)
                     attr = "output" if kind == "output" else "input"
                     if ran == 0:
@@ -328,18 +548,22 @@ class Interleaver:
         if self._grads is not None:
             self._grads.check_complete()
         for node in self.graph.nodes:
-            if not node.done and node.iteration is None and node.index not in optional:
+            if not done[node.index] and node.iteration is None and node.index not in optional:
                 raise MissedCallError(f"{node.describe()} never ran: one of its inputs was never computed")
 
     def _check_iteration(self, iteration: Iteration) -> None:
         if not iteration.modules:
             return
-        if iteration.missed:
-            raise MissedCallError(f"{iteration.missed[0]} was never reached, although the other modules "
-                                  f"of its iteration ({iteration}) ran that call.")
+        instances = self._instances[iteration]
+        seen = sorted(instances)
+        for call in seen:
+            for node in instances[call]:
+                if not self.done[node.index] and node.op in FED_OPS:
+                    raise MissedCallError(f"{node.describe()} was never reached, although the other "
+                                          f"modules of its iteration ({iteration}) ran that call.")
         expected = iteration.expected()
-        missing = ([] if iteration.seen else [iteration.start]) if expected is None else \
-            [k for k in expected if k not in iteration.seen]
+        missing = ([] if seen else [iteration.start]) if expected is None else \
+            [k for k in expected if k not in seen]
         if not missing:
             return
         kind, path = sorted(iteration.modules)[0]
@@ -382,7 +606,7 @@ class Interleaver:
         raise StopExecution(node)
 
     def grad(self, node: Node, args: tuple, kwargs: dict) -> Any:
-        return self._grads.register(self, node, args[0])
+        return self._grads.register(node, args[0])
 
     def set_grad(self, node: Node, args: tuple, kwargs: dict) -> Any:
         return self._grads.assign(node, node.args[0], args[0], args[1])
@@ -490,16 +714,3 @@ def _mismatch(before: torch.Tensor, after: Any, attr: str) -> Optional[str]:
         return (f"the assigned tensor is on device {after.device} but the value it replaces is on "
                 f"{before.device}; move it with `.to('{before.device}')`.")
     return None
-
-
-def _resolve(value: Any) -> Any:
-    kind = type(value)
-    if kind is Node:
-        return value.value
-    if kind is tuple or kind is list:
-        return kind(_resolve(v) for v in value)
-    if kind is dict:
-        return {k: _resolve(v) for k, v in value.items()}
-    if kind is slice:
-        return slice(_resolve(value.start), _resolve(value.stop), _resolve(value.step))
-    return value

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from . import _state
-from .envoy import Envoy
-from .errors import InputError, InvokeError, TraceStateError
-from .graph import Graph
 from .edits import EditRunner
-from .interleaver import Interleaver, StopExecution
+from .envoy import Envoy
+from .errors import EnvoyAttributeError, InputError, InvokeError, TraceStateError
+from .graph import MODULE_VALUE_OPS, Graph, display_path
+from .interleaver import Batch, Interleaver, StopExecution, module_at
 from .plugins import call_hook
 from .proxy import InterventionProxy, Proxy
 from .session import Session
@@ -129,7 +129,32 @@ class NNsightModel:
                 if not self.dispatched:
                     self.dispatch_model()
                 return self._execute(batched, **kwargs)
-        return Runner(self, inputs, invoker_args, kwargs, scan=scan)
+        return self.runner(*inputs, invoker_args=invoker_args, scan=scan, **kwargs)
+
+    def runner(self, *inputs: Any, method: Optional[str] = None,
+               invoker_args: Optional[Dict[str, Any]] = None, scan: bool = True, **kwargs: Any) -> Runner:
+        """A tracing context that runs ``method`` of the wrapped module (its forward pass when None).
+
+        This is what :meth:`trace` returns; an adapter's wrapper uses it for the other
+        ways its model runs (``LanguageModel.generate`` is
+        ``self.runner(*inputs, method="generate", ...)``). The adapter's
+        ``nnsight_execute`` gets ``method``. Persistent edits (:meth:`edit`) apply.
+
+        Example:
+            >>> with model.runner(x, method=None) as tracer:     # the same as model.trace(x)
+            ...     out = model.output.save()
+            >>> out.value.shape
+            torch.Size([1, 2])
+
+        Args:
+            *inputs: Inputs for one invoke opened at once (else ``tracer.invoke`` blocks).
+            method: The name the adapter's ``nnsight_execute`` runs (None: the forward pass).
+            invoker_args: Keyword arguments for the invoke's input preparation.
+            scan: See :meth:`trace`.
+            **kwargs: Passed to execution.
+        """
+        return Runner(self, inputs, dict(invoker_args or {}), kwargs, scan=scan, method=method,
+                      preludes=self._edits)
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
         """Open an invoke in this model's open trace (same as ``tracer.invoke``).
@@ -212,27 +237,126 @@ class NNsightModel:
 
     def interleave(self, fn: Callable[..., Any], intervention_graph: Graph, *inputs: Any,
                    **kwargs: Any) -> Any:
-        """Run ``fn(*inputs, **kwargs)`` with ``intervention_graph`` interleaved.
+        """Run ``fn(*inputs, **kwargs)`` with ``intervention_graph`` interleaved; return what it returns.
 
-        Hooks are added only to modules the graph touches and are always
-        removed, also on error. One module runs one interleaved execution at a
-        time, also across wrappers of the same module: concurrent traces from
-        other threads wait for it. A lazily loaded model loads its weights once,
-        in the first execution.
+        The graph's invoke (a single one) owns the whole batch. Hooks are added
+        only to modules the graph touches and are always removed, also on error.
+        One module runs one interleaved execution at a time, also across wrappers
+        of the same module: concurrent traces from other threads wait for it. A
+        lazily loaded model loads its weights once, in the first execution. To get
+        the saved values back, run a graph with :meth:`run_graph`.
 
         Raises:
             MissedCallError: A module value the graph needed was never produced.
         """
+        return self._interleave(fn, inputs, kwargs, intervention_graph, None)
+
+    def run_graph(self, graph: Graph, *inputs: Any, invokes: Optional[Sequence[Any]] = None,
+                  method: Optional[str] = None, executor: type = Interleaver, **kwargs: Any) -> Dict[int, Any]:
+        """Run a recorded (or loaded) graph on new inputs, as its trace would have; return its saved values.
+
+        The graph is structure only, so it can run any number of times, also from
+        several threads at once. Each invoke's inputs are prepared and batched by
+        the adapter, as in a trace.
+
+        Example:
+            >>> with model.trace(x) as tracer:
+            ...     hidden = model.layer1.output.save()
+            >>> y = torch.rand(3, 5)
+            >>> saved = model.run_graph(tracer.graph, y)      # {save node index: value}
+            >>> torch.equal(saved[hidden.node.index], net.layer1(y))
+            True
+
+        Args:
+            graph: The graph (``tracer.graph``, or one ``Graph.from_json`` rebuilt).
+            *inputs: The inputs of a graph with one invoke (as for ``model.trace(*inputs)``).
+            invokes: For a graph of several invokes: one entry per invoke, in order, each
+                a tuple of its inputs (as for ``tracer.invoke(*inputs)``) or a single input.
+            method: What to run instead of the forward pass (``"generate"``), as the
+                adapter's ``nnsight_execute`` knows it.
+            executor: The :class:`~nnsight_core.interleaver.Interleaver` class that runs the
+                graph (a subclass can check or restrict operations).
+            **kwargs: Passed to execution, as ``model.trace``'s keyword arguments.
+
+        Returns:
+            The saved values: each ``save`` node's index mapped to its value.
+
+        Raises:
+            InvokeError: ``inputs`` and ``invokes`` both or neither given, or their number
+                differs from the graph's invokes.
+            EnvoyAttributeError: The graph names a module this model does not have.
+        """
+        expected = len(graph.rows)
+        if (not inputs) == (invokes is None):
+            raise InvokeError(f"run_graph() takes the inputs of a one-invoke graph as arguments, or "
+                              f"invokes=[inputs of invoke 0, ...]; give exactly one of them "
+                              f"(this graph has {expected} invoke(s)).")
+        groups = [inputs] if invokes is None else [tuple(g) if isinstance(g, (tuple, list)) else (g,)
+                                                   for g in invokes]
+        if len(groups) != expected:
+            raise InvokeError(f"the graph was recorded with {expected} invoke(s) but run_graph() got "
+                              f"inputs for {len(groups)}; pass invokes=[...] with one entry per invoke.")
+        for node in graph.nodes:
+            path = node.target[0] if node.op in MODULE_VALUE_OPS else node.target if node.op == "call_module" else None
+            if path is not None and module_at(self._model, self._attached, path) is None:
+                raise EnvoyAttributeError(
+                    f"{node.describe()} (node %{node.index}) needs {display_path(path)}, which this "
+                    f"{type(self).__name__} does not have: run the graph on a model with the module "
+                    "tree it was recorded on.")
+        prepared, sizes = [], []
+        for k, group in enumerate(groups):
+            value, size = self._prepare_inputs(tuple(group), {}, k)
+            prepared.append(value)
+            sizes.append(size)
+        batched, batch = self.batch_invokes(prepared, sizes, kwargs, method)
+        results: Dict[int, Any] = {}
+        self._interleave_graph(graph, batched, batch, method=method, kwargs=kwargs,
+                               finish=lambda interleaver: results.update(interleaver.results()),
+                               executor=executor)
+        return results
+
+    def batch_invokes(self, prepared: List[Any], sizes: List[int], kwargs: Dict[str, Any],
+                      method: Optional[str]) -> Tuple[Any, Batch]:
+        """Batch several invokes' prepared inputs into one (the adapter's ``nnsight_batch_inputs``),
+        and say how the execution shares the batch among them (:meth:`batch_layout`).
+
+        The one place invokes are batched: traces, their scans and :meth:`run_graph` use it.
+
+        Returns:
+            The batched inputs, and the :class:`~nnsight_core.interleaver.Batch`.
+        """
+        batched = self._batch_inputs(prepared, sizes)
+        total = sum(sizes)
+        layouts = self.batch_layout(total, kwargs, method) if len(sizes) > 1 else {}
+        return batched, Batch.of(sizes, layouts)
+
+    def _interleave_graph(self, graph: Graph, batched: Any, batch: Optional[Batch], method: Optional[str],
+                          kwargs: Dict[str, Any], keep: bool = False,
+                          finish: Optional[Callable[[Interleaver], None]] = None,
+                          executor: type = Interleaver) -> Any:
+        """Execute the model on ``batched`` with ``graph`` interleaved; ``finish`` gets the
+        Interleaver once the run ends (also after an error), to take its results."""
+        return self._interleave(self._execute, (batched,), dict(kwargs, method=method), graph, batch,
+                                keep, finish, executor)
+
+    def _interleave(self, fn: Callable[..., Any], inputs: Tuple[Any, ...], kwargs: Dict[str, Any],
+                    graph: Graph, batch: Optional[Batch], keep: bool = False,
+                    finish: Optional[Callable[[Interleaver], None]] = None,
+                    executor: type = Interleaver) -> Any:
         with self._lock:
             if not self.dispatched:
                 self.dispatch_model()
-            interleaver = Interleaver(intervention_graph, self._model, self._attached)
-            with interleaver:
-                try:
-                    output = fn(*inputs, **kwargs)
-                except StopExecution:
-                    return None  # tracer.stop(): what ran is kept, nothing after it is checked
-            interleaver.check_complete()
+            interleaver = executor(graph, self._model, self._attached, batch, keep)
+            try:
+                with interleaver:
+                    try:
+                        output = fn(*inputs, **kwargs)
+                    except StopExecution:
+                        return None  # tracer.stop(): what ran is kept, nothing after it is checked
+                interleaver.check_complete()
+            finally:
+                if finish is not None:
+                    finish(interleaver)
         return output
 
     def batch_layout(self, batch_size: int, kwargs: Dict[str, Any],
@@ -300,15 +424,6 @@ class NNsightModel:
                               "row in the batch dimension (dimension 0).")
         return prepared, size
 
-    def _batch_graph(self, graph: Graph, prepared: List[Any], sizes: List[int], kwargs: Dict[str, Any],
-                     method: Optional[str]) -> Any:
-        """Batch the invokes' prepared inputs for running ``graph``, and record in it how the
-        execution enlarges the batch (:meth:`batch_layout`; only needed with several invokes)."""
-        batched = self._batch_inputs(prepared, sizes)
-        if len(sizes) > 1:
-            graph.layouts = self.batch_layout(graph.batch_size, kwargs, method)
-        return batched
-
     def _batch_inputs(self, prepared: List[Any], batch_sizes: List[int]) -> Any:
         if len(prepared) == 1:
             return prepared[0]  # nothing to combine (see the hookspec)
@@ -317,13 +432,26 @@ class NNsightModel:
     def _execute(self, batched: Any, method: Optional[str] = None, **kwargs: Any) -> Any:
         return call_hook("nnsight_execute", model=self, batched=batched, kwargs=kwargs, method=method)
 
-    def _attach(self, name: str, module: torch.nn.Module) -> Envoy:
+    def attach(self, name: str, module: torch.nn.Module) -> Envoy:
         """Give the wrapper an extra top-level module, outside the wrapped module's tree.
 
         Adapters use it for values the model itself has no module for (e.g.
         ``LanguageModel.generator``, called with the generated ids): the module
         gets an envoy ``model.<name>`` and is hooked like any other; the wrapped
-        module and its ``repr`` stay untouched.
+        module and its ``repr`` stay untouched. The adapter calls it (usually
+        from its ``nnsight_execute``) like any module.
+
+        Example:
+            >>> class Ids(torch.nn.Module):
+            ...     def forward(self, ids):
+            ...         return ids
+            >>> wrapper = NNsight(net)
+            >>> envoy = wrapper.attach("ids", Ids())
+            >>> wrapper.ids is envoy
+            True
+
+        Returns:
+            The module's envoy.
         """
         self._attached[name] = module
         self.__dict__.pop(name, None)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 import pluggy
 
 from . import hookspecs
+from ._state import register_internal_package
 from .errors import AdapterNotFoundError, PluginLoadError
 
 __all__ = ["get_plugin_manager", "call_hook", "blocked_plugins", "enable_hook_tracing",
@@ -92,6 +93,9 @@ def get_plugin_manager() -> pluggy.PluginManager:
                     manager.load_setuptools_entrypoints(hookspecs.PROJECT)
                 except Exception as error:
                     raise PluginLoadError(_load_failure(manager, error)) from error
+                for plugin, _ in manager.list_plugin_distinfo():
+                    # An adapter's frames are library code: errors blame its users' lines.
+                    register_internal_package(getattr(plugin, "__name__", type(plugin).__module__))
                 if os.environ.get(TRACE_ENV, "") not in ("", "0"):
                     enable_hook_tracing(manager)
                 _manager = manager

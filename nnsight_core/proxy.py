@@ -4,26 +4,40 @@ Inside a trace every operation on a proxy (operators, indexing, attribute
 access, method calls, ``torch`` functions) records a node in the Runner's
 graph and returns a new proxy. After the trace, a proxy whose value was saved
 behaves like that value: it prints as it, and operations on it compute on it.
+
+A proxy is thin, as torch.fx's is: it knows its node and the trace that
+recorded it, and hands every decision to that trace (which node to record under
+which condition, the shape the scan computed, the value the execution left).
+The trace is the :class:`~nnsight_core.tracer.Runner`; this module only relies
+on the attributes and methods of it that :class:`Proxy` documents, so it sits
+below the tracer in the core's layers.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Sequence
+
+import torch
 
 from . import _state
-from ._grad import check_recordable
 from ._tree import map_structure
-from .errors import ProxyCallError, ProxyControlFlowError, ProxyScopeError, TraceStateError, ValueNotSetError
+from .errors import (GradientError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, TraceStateError,
+                     ValueNotSetError)
 from .graph import EMPTY, Graph, Node
-from .scan import metadata
 
-__all__ = ["Proxy", "InterventionProxy", "apply_op"]
+if TYPE_CHECKING:
+    from .tracer import Runner
+
+__all__ = ["Proxy", "InterventionProxy", "TraceState", "apply_op", "OPERATORS"]
 
 _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_",
            "xor", "lshift", "rshift")
 _COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 _UNARY = ("neg", "pos", "abs", "invert")
+#: The Python operators a proxy records (names in the ``operator`` module), with their number
+#: of arguments: the one table of the ``operator`` op, read by serialization too.
+OPERATORS = {**{name: 2 for name in _BINARY + _COMPARISONS}, **{name: 1 for name in _UNARY}}
 
 
 def apply_op(op: str, target: Any, args: tuple, kwargs: dict) -> Any:
@@ -48,6 +62,29 @@ def apply_op(op: str, target: Any, args: tuple, kwargs: dict) -> Any:
     raise ValueError(f"operation {op!r} needs a running model; it cannot be computed on its own")
 
 
+class TraceState:
+    """What the proxies of one trace share: the Runner while it records, then what its execution left.
+
+    Proxies keep this small object rather than the Runner, so a saved value
+    outlives its trace without keeping the trace's inputs or output alive.
+
+    Attributes:
+        runner: The :class:`~nnsight_core.tracer.Runner` while its block records, then None.
+        values: After the execution, node index to each saved value (inside a
+            ``model.session()``, to every value until the session ends).
+        skipped: After the execution, indices of the nodes a false ``tracer.cond`` skipped.
+        ran: After the execution, node index to whether the node ran.
+    """
+
+    __slots__ = ("runner", "values", "skipped", "ran")
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner: Optional[Runner] = runner
+        self.values: Dict[int, Any] = {}
+        self.skipped: FrozenSet[int] = frozenset()
+        self.ran: Sequence[bool] = ()
+
+
 class Proxy:
     """A value of the model's forward pass, recorded as a graph node.
 
@@ -60,12 +97,23 @@ class Proxy:
     Override points for adapters: subclass it (``InterventionProxy`` is the
     default ``proxy_class`` of a model wrapper) to add helpers such as token
     indexing; every operation builds new proxies of the same class.
+
+    Args:
+        node: The node the proxy stands for.
+        state: The :class:`TraceState` of the trace that recorded it. While its
+            Runner records, the proxy calls the Runner's ``condition()`` (the open
+            ``tracer.cond`` block's node) and ``metadata(proxy, name)`` (``.shape``
+            and friends); afterwards it reads the values the execution left.
+
+    Attributes:
+        node: The node the proxy stands for.
     """
 
-    __slots__ = ("node",)
+    __slots__ = ("node", "_trace")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, state: TraceState) -> None:
         self.node = node
+        self._trace = state
 
     # -- recording ---------------------------------------------------------
 
@@ -79,15 +127,15 @@ class Proxy:
             TraceStateError: Outside a trace.
         """
         node = self.node
-        runner = _state.current_runner()
-        if runner is None or runner._graph is not node.graph:
+        runner = self._trace.runner
+        if runner is None or _state.current_runner() is not runner:
             raise TraceStateError(
                 f".save() was called on {node.describe()} outside the trace that recorded it; "
                 "call .save() inside the `with model.trace(...)` block."
             )
         # Saving never fails at run time, so it reuses the location of what it saves.
         return type(self)(node.graph.create_node("save", None, (node,), invoke=runner._invoke_index(),
-                                                 where=node.where))
+                                                 where=node.where, cond=runner.condition()), self._trace)
 
     @property
     def value(self) -> Any:
@@ -97,10 +145,10 @@ class Proxy:
             ValueNotSetError: While the trace is still being recorded, or when the
                 value was not saved (or the trace failed before computing it).
         """
-        node = self.node
-        if node.value is not EMPTY:
-            return node.value
-        raise ValueNotSetError(_why_unset(node))
+        value = self._trace.values.get(self.node.index, EMPTY)
+        if value is not EMPTY:
+            return value
+        raise ValueNotSetError(_why_unset(self))
 
     def __getattr__(self, name: str) -> Any:
         # Protocol probes (copy, pickle, numpy, IPython display) must not become nodes.
@@ -115,16 +163,16 @@ class Proxy:
         self._record("setitem", None, (self, index, value))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        node = self.node
-        if node.op == "getattr" and node.graph.recording:
+        node, trace = self.node, self._trace
+        runner = trace.runner
+        if node.op == "getattr" and runner is not None:
             graph = node.graph
-            runner = _state.current_runner()
-            if runner is None or runner._graph is not graph:
+            if _state.current_runner() is not runner:
                 raise ProxyScopeError(f"{node.describe()} was called outside the trace that recorded it.")
             args = map_structure(args, lambda v: _as_arg(v, graph))
             kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
-            return type(self)(graph.rewrite_as_method_call(node, args, kwargs))
-        if node.value is not EMPTY and not node.graph.recording:
+            return type(self)(graph.rewrite_as_method_call(node, args, kwargs, runner.condition()), trace)
+        if runner is None and node.index in trace.values:
             return self.value(*args, **kwargs)
         raise ProxyCallError(f"{node.describe()} is not callable inside a trace; only methods of a value "
                         "(`proxy.sum(dim=1)`) and modules (`model.lm_head(h)`) can be called.")
@@ -160,7 +208,7 @@ class Proxy:
         """
         if not self._recording_here():
             return self._record("getattr", "grad", (self,))
-        check_recordable(self.node, ".grad")
+        _check_recordable(self.node, ".grad")
         return self._record("grad", None, (self,))
 
     @grad.setter
@@ -182,13 +230,13 @@ class Proxy:
         if not self._recording_here():
             self._record("call_method", "backward", (self, *args), kwargs)
             return
-        check_recordable(self.node, ".backward()")
+        _check_recordable(self.node, ".backward()")
         self._record("backward", None, (self, *args), kwargs)
 
     def _recording_here(self) -> bool:
         """Whether this proxy's own trace is the one recording in this thread."""
-        runner = _state.current_runner()
-        return runner is not None and runner._graph is self.node.graph and self.node.graph.recording
+        runner = self._trace.runner
+        return runner is not None and _state.current_runner() is runner
 
     # -- metadata: known inside the trace, from the scan on fake tensors ------
 
@@ -204,22 +252,32 @@ class Proxy:
         Raises:
             ScanError: The scan cannot know it (it depends on values, or the value has no shape).
         """
-        return metadata(self, "shape")
+        return self._metadata("shape")
 
     @property
     def dtype(self) -> Any:
         """The value's dtype; inside a trace, from the scan (like :attr:`shape`)."""
-        return metadata(self, "dtype")
+        return self._metadata("dtype")
 
     @property
     def device(self) -> Any:
         """The value's device; inside a trace, from the scan (``cpu`` before a lazy model is dispatched)."""
-        return metadata(self, "device")
+        return self._metadata("device")
 
     @property
     def ndim(self) -> Any:
         """The value's number of dimensions; inside a trace, from the scan (like :attr:`shape`)."""
-        return metadata(self, "ndim")
+        return self._metadata("ndim")
+
+    def _metadata(self, name: str) -> Any:
+        """``shape``/``dtype``/``device``/``ndim``: the trace answers while recording (with the scan,
+        or as a recorded attribute when it does not scan); afterwards, the saved value's."""
+        runner = self._trace.runner
+        if runner is None:
+            return getattr(self.value, name)
+        if _state.current_runner() is not runner:
+            return self._record("getattr", name, (self,))
+        return runner.metadata(self, name)
 
     # -- control flow: not available while recording ------------------------
 
@@ -235,7 +293,7 @@ class Proxy:
 
     def _concrete(self, what: str, instead: str) -> Any:
         node = self.node
-        if node.graph.recording:
+        if self._trace.runner is not None:
             raise ProxyControlFlowError(
                 f"{what} on {node.describe()} is not possible inside a trace: its value does not "
                 f"exist until the model runs. Use {instead}, or .save() it and use Python "
@@ -246,17 +304,20 @@ class Proxy:
     # -- after the trace: print as the value --------------------------------
 
     def __repr__(self) -> str:
-        node = self.node
-        if node.value is not EMPTY:
-            return repr(node.value)
-        state = "recording" if node.graph.recording else "no value"
+        node, trace = self.node, self._trace
+        value = trace.values.get(node.index, EMPTY)
+        if value is not EMPTY:
+            return repr(value)
+        state = "recording" if trace.runner is not None else "no value"
         return f"<{type(self).__name__} {node.name} {node.describe()} ({state})>"
 
     def __str__(self) -> str:
-        return str(self.node.value) if self.node.value is not EMPTY else repr(self)
+        value = self._trace.values.get(self.node.index, EMPTY)
+        return str(value) if value is not EMPTY else repr(self)
 
     def __format__(self, spec: str) -> str:
-        return format(self.value, spec) if self.node.value is not EMPTY else repr(self)
+        value = self._trace.values.get(self.node.index, EMPTY)
+        return format(value, spec) if value is not EMPTY else repr(self)
 
     __hash__ = object.__hash__
 
@@ -304,7 +365,7 @@ def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
     if runner is None:
         # No trace open: saved proxies act as their values.
         return apply_op(op, target, map_structure(args, _as_value), map_structure(kwargs, _as_value))
-    graph = runner._graph
+    graph = runner.graph
     converted = []
     for value in args:
         kind = type(value)
@@ -317,8 +378,8 @@ def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
     if kwargs:
         kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
     node = graph.create_node(op, target, args, kwargs, invoke=runner._invoke_index(),
-                             where=_state.user_location())
-    return None if op == "setitem" else cls(node)
+                             where=_state.user_location(), cond=runner.condition())
+    return None if op == "setitem" else cls(node, runner.trace_state)
 
 
 def _as_arg(value: Any, graph: Graph) -> Any:
@@ -327,33 +388,57 @@ def _as_arg(value: Any, graph: Graph) -> Any:
     node = value.node
     if node.graph is graph:
         return node
-    if node.value is not EMPTY:
-        return node.value
-    if node.graph.recording:
+    trace = value._trace
+    found = trace.values.get(node.index, EMPTY)
+    if found is not EMPTY:
+        return found
+    if trace.runner is not None:
         raise ProxyScopeError(
             f"{node.describe()} belongs to another trace that is still being recorded (another "
             "model's, or an outer trace). Save it there and use the saved value after that "
             "trace exits (inside a model.session(), its values are usable once it exits, saved or not)."
         )
-    raise ValueNotSetError(_why_unset(node))
+    raise ValueNotSetError(_why_unset(value))
 
 
 def _as_value(value: Any) -> Any:
     return value.value if isinstance(value, Proxy) else value
 
 
-def _why_unset(node: Node) -> str:
+def _check_recordable(node: Node, what: str) -> None:
+    """Raise while recording if gradients cannot exist for ``node``.
+
+    Raises:
+        GradientError: Autograd is disabled (``torch.no_grad()``,
+            ``torch.inference_mode()``), or the node belongs to an iteration block.
+    """
+    if not torch.is_grad_enabled():
+        raise GradientError(
+            f"{what} on {node.describe()} needs autograd, but gradients are disabled here "
+            "(torch.no_grad() or torch.inference_mode() is active): remove it around this trace, "
+            "or wrap the trace in `with torch.enable_grad():`."
+        )
+    if node.iteration is not None:
+        raise GradientError(
+            f"{what} on {node.describe()}: gradients inside an iteration (tracer.iter[...], "
+            "tracer.all(), envoy.all(), envoy.iter[...]) are not supported; address one call "
+            "with envoy.next() instead."
+        )
+
+
+def _why_unset(proxy: Proxy) -> str:
+    node, trace = proxy.node, proxy._trace
     what = node.describe()
-    where = node.source()
-    at = f" (recorded at {where})" if where else ""
-    if node.graph.recording:
+    at = node.at()
+    if trace.runner is not None:
         return (f"the value of {what}{at} does not exist yet: values exist only after the "
                 "`with model.trace(...)` block exits. Call .save() on it inside the block and "
                 "read .value after it.")
-    if node.skipped:
+    if node.index in trace.skipped:
         return (f"{what}{at} did not run: the condition of its tracer.cond(...) block was false "
                 "(or it used a value that did not run).")
-    if node.done:
+    ran = trace.ran
+    if node.index < len(ran) and ran[node.index]:
         return (f"the value of {what}{at} was freed after its last use because it was not "
                 "saved (or when the model.session() that kept it ended); call .save() on it inside "
                 "the trace, or run the traces that use it inside one `with model.session():` block.")

@@ -1,8 +1,10 @@
 """Scan: run a trace's graph on fake tensors, so shapes are known and errors found before the model runs.
 
 A *scan* executes the model exactly as the trace will, through the adapter's
-``nnsight_execute`` with the recorded graph interleaved by an
-:class:`~nnsight_core.interleaver.Interleaver`, but on fake tensors
+``nnsight_execute`` with the recorded graph interleaved by a
+:class:`ScanInterleaver` (a subclass of the
+:class:`~nnsight_core.interleaver.Interleaver`, as torch.fx's ``ShapeProp`` is
+of its ``Interpreter``), but on fake tensors
 (PyTorch's ``FakeTensorMode``): every tensor has a shape, a dtype and a device
 and no data, so nothing is computed and no memory is used for activations.
 Operations meet fake copies of the model's parameters and buffers, never the
@@ -30,24 +32,24 @@ import contextlib
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch._subclasses import fake_tensor as _fake
 from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
-from . import _state
 from ._tree import tree_map
 from .errors import InterventionError, NNsightError, ScanError
 from .graph import EMPTY, Graph, Node
-from .interleaver import Interleaver, StopExecution
+from .interleaver import Batch, Interleaver, StopExecution
 
 if TYPE_CHECKING:
+    from ._grad import Gradients
     from .proxy import Proxy
     from .tracer import Runner
 
-__all__ = ["Scan", "run_scan", "metadata", "validate", "is_scanning"]
+__all__ = ["Scan", "ScanInterleaver", "run_scan", "metadata", "validate", "is_scanning"]
 
 # Integer and boolean tensors derived only from the inputs (attention masks, position ids) keep
 # their values through the scan up to this many elements, so model code may branch on them.
@@ -120,7 +122,7 @@ class Scan:
 
     def current(self, runner: Runner) -> bool:
         """Whether nothing was recorded and no invoke opened since this scan."""
-        nodes = runner._graph.nodes
+        nodes = runner.graph.nodes
         return (len(runner.invokers) == self.invokes and len(nodes) == len(self.recorded)
                 and (not nodes or nodes[-1] is self.recorded[-1]))
 
@@ -133,11 +135,11 @@ class Scan:
         value = self.values.get(node.index, EMPTY)
         if node.iteration is not None and type(value) is list:
             if not value:
-                raise ScanError(f"{node.describe()}{_at(node)}: the scan reached no call of "
+                raise ScanError(f"{node.describe()}{node.at()}: the scan reached no call of "
                                 f"{node.iteration}, so its shape is unknown before the model runs.")
             value = value[0]  # the first call's: later calls may differ (generation steps)
         if type(value) is _Unknown:
-            raise ScanError(f"the shape of {node.describe()}{_at(node)} is unknown before the model runs: "
+            raise ScanError(f"the shape of {node.describe()}{node.at()} is unknown before the model runs: "
                             f"{value.reason}. Save the value and read its shape after the trace.")
         if value is EMPTY:
             stopped = self.stopped
@@ -150,29 +152,24 @@ class Scan:
                        f"generate() does after its first step), before reaching it: {_describe(stopped)}")
             else:
                 why = f"the model failed on fake tensors before reaching it: {_describe(stopped)}"
-            raise ScanError(f"the shape of {node.describe()}{_at(node)} is unknown before the model runs: "
+            raise ScanError(f"the shape of {node.describe()}{node.at()} is unknown before the model runs: "
                             f"{why}. Save the value and read its shape after the trace.")
         return value
 
 
-def metadata(proxy: Proxy, name: str) -> Any:
-    """``proxy.<name>`` for ``shape``, ``dtype``, ``device`` or ``ndim`` (the proxy's properties).
+def metadata(runner: Runner, proxy: Proxy, name: str) -> Any:
+    """``proxy.<name>`` for ``shape``, ``dtype``, ``device`` or ``ndim`` while ``runner`` records it
+    (what :meth:`nnsight_core.tracer.Runner.metadata` answers).
 
-    Inside the trace that records ``proxy`` (with ``scan=True``), the attribute
-    of its fake value, scanning first if needed; with ``scan=False``, a recorded
-    ``getattr`` node as for any attribute. After the trace, the attribute of the
-    saved value.
+    With ``scan=True``, the attribute of its fake value, scanning first if needed; with
+    ``scan=False``, a recorded ``getattr`` node as for any attribute.
 
     Raises:
         ScanError: The scan cannot compute the value, or it has no such attribute.
-        ValueNotSetError: After the trace, for a value that was not saved.
     """
-    node = proxy.node
-    if not node.graph.recording:
-        return getattr(proxy.value, name)
-    runner = _state.current_runner()
-    if runner is None or runner._graph is not node.graph or not runner._scan:
+    if not runner._scan:
         return proxy._record("getattr", name, (proxy,))
+    node = proxy.node
     scan = runner._scan_state
     if scan is None or not scan.covers(node, len(runner.invokers)):
         scan = run_scan(runner)
@@ -181,11 +178,11 @@ def metadata(proxy: Proxy, name: str) -> Any:
         return getattr(value, name)
     except AttributeError:
         # Not an AttributeError: Python would fall back to Proxy.__getattr__ and record a node.
-        raise ScanError(f"{node.describe()}{_at(node)} is a {type(value).__name__}, which has no "
+        raise ScanError(f"{node.describe()}{node.at()} is a {type(value).__name__}, which has no "
                         f".{name}; index it first (e.g. `[0].{name}`).") from None
 
 
-def validate(runner: Runner, batched: Any) -> None:
+def validate(runner: Runner, batched: Any, batch: Batch) -> None:
     """Before the real run, check on fake tensors every assignment of a tensor constant.
 
     Called as the trace exits. An assignment whose new value holds a tensor
@@ -204,64 +201,54 @@ def validate(runner: Runner, batched: Any) -> None:
     invokes = len(runner.invokers)
     # Replayed persistent edits are not checked here (every later trace would pay a scan for
     # them); the real run's assignment checks still catch a misfit.
-    targets = [node for node in runner._graph.nodes if _assigns_constant(node)
-               and node.index not in runner._edit_nodes
+    targets = [node for node in runner.graph.nodes if _assigns_constant(node)
+               and node.index not in runner._replayed
                and not (scan is not None and scan.covers(node, invokes) and node.index in scan.values)]
     if targets:
-        run_scan(runner, batched, targets)
+        run_scan(runner, (batched, batch), targets)
         runner._scan_state = None
 
 
-def run_scan(runner: Runner, batched: Any = None, targets: Optional[List[Node]] = None) -> Scan:
+def run_scan(runner: Runner, batched: Optional[Tuple[Any, Batch]] = None,
+             targets: Optional[List[Node]] = None) -> Scan:
     """Run the model on fake tensors with ``runner``'s graph interleaved; keep the result on the runner.
 
     Args:
         runner: The trace, open or exiting.
-        batched: Its batched inputs, if already made (else they are batched here).
+        batched: Its batched inputs and their :class:`~nnsight_core.interleaver.Batch`, if
+            already made (else they are batched here).
         targets: The nodes the scan is for (default: all); the fake execution stops once they ran.
 
     Raises:
         ScanError: The trace has no inputs yet.
         NNsightError: The graph fails on fake tensors as it would when the model runs.
     """
-    model, graph = runner._model, runner._graph
+    model, graph = runner._model, runner.graph
     if not runner.invokers:
         raise ScanError("shapes are known once the trace has inputs: ask for them inside an invoke "
                         "(or a trace given inputs).")
-    if batched is None:
-        batched = runner._batch()  # given batched inputs, the Runner already set the layouts
+    inputs, batch = runner._batch() if batched is None else batched
     scan = Scan(list(graph.nodes), len(runner.invokers))
-    saved = [node.saved for node in graph.nodes]
-    try:
-        for node in graph.nodes:
-            node.saved = True  # keep every value: the scan answers for all of them
-        with model._lock, _scanning():
-            with _fake_state(model) as mode, mode:
-                fake_inputs = tree_map(lambda leaf: _fake_input(mode, leaf), batched)
-                scan.stopped = _execute(runner, fake_inputs, graph.nodes if targets is None else targets)
-        for node in graph.nodes:
-            if node.value is not EMPTY:
-                scan.values[node.index] = node.value
-    finally:
-        for node, flag in zip(graph.nodes, saved):  # noqa: B905 - no raise in finally
-            node.saved = flag
-            node.value = EMPTY
-            node.done = False
+    interleaver = ScanInterleaver(graph, model._model, model._attached, graph.nodes if targets is None else targets,
+                                  batch)
+    with model._lock, _scanning():
+        with _fake_state(model) as mode, mode:
+            fake_inputs = tree_map(lambda leaf: _fake_input(mode, leaf), inputs)
+            scan.stopped = _execute(runner, interleaver, fake_inputs)
+    scan.values = interleaver.results()
     runner._scan_state = scan
     return scan
 
 
-def _execute(runner: Runner, inputs: Any, targets: List[Node]) -> Optional[BaseException]:
+def _execute(runner: Runner, interleaver: ScanInterleaver, inputs: Any) -> Optional[BaseException]:
     """Run the fake execution; return why it ended early (None if it did not).
 
     Raises:
         NNsightError: A check of the graph failed, reworded as found before the model ran.
     """
-    model = runner._model
-    interleaver = _ScanInterleaver(runner._graph, model._model, model._attached, targets)
     try:
         with interleaver:
-            model._execute(inputs, method=runner.method, **runner._kwargs)
+            runner._model._execute(inputs, method=runner.method, **runner._kwargs)
     except NNsightError as error:
         if error is interleaver.failure:
             raise
@@ -278,8 +265,8 @@ class _Finished(BaseException):
     """Ends a fake execution once its target nodes have run (a BaseException: model code lets it through)."""
 
 
-class _ScanInterleaver(Interleaver):
-    """The Interleaver on fake values.
+class ScanInterleaver(Interleaver):
+    """The Interleaver on fake values: it keeps every value it computes (``keep=True``).
 
     A node that fake tensors cannot compute (it needs values) gets an unknown
     value instead of failing, and so does everything computed from it.
@@ -298,16 +285,15 @@ class _ScanInterleaver(Interleaver):
     failure: Optional[InterventionError] = None
 
     def __init__(self, graph: Graph, root: torch.nn.Module, attached: Dict[str, torch.nn.Module],
-                 targets: List[Node]) -> None:
-        # No backward pass runs in a scan (see grad), so no gradient hooks are set up: the
-        # Interleaver would also refuse a .grad whose .backward() is not recorded yet.
-        gradients, graph.gradients = graph.gradients, []
-        try:
-            super().__init__(graph, root, attached)
-        finally:
-            graph.gradients = gradients
+                 targets: List[Node], batch: Optional[Batch] = None) -> None:
+        super().__init__(graph, root, attached, batch, keep=True)
         self._targets = {node.index for node in targets}
         self._left: Optional[int] = None
+
+    def _gradients(self) -> Optional[Gradients]:
+        # No backward pass runs in a scan (see grad), so no gradient hooks are set up: the
+        # Interleaver would also refuse a .grad whose .backward() is not recorded yet.
+        return None
 
     def __enter__(self) -> Interleaver:
         self._left = None if self.graph.iterations else len(self._targets)
@@ -319,8 +305,8 @@ class _ScanInterleaver(Interleaver):
             raise _Finished
         return result
 
-    def _feed(self, node: Node, value: Any) -> None:
-        super()._feed(node, value)
+    def feed(self, node: Node, value: Any) -> None:
+        super().feed(node, value)
         self._ran(node)
 
     def _ran(self, node: Node) -> None:
@@ -328,20 +314,21 @@ class _ScanInterleaver(Interleaver):
             self._left -= 1
 
     def _run(self, node: Node) -> None:
+        values = self.values
         for dep in node.deps:
-            if type(dep.value) is _Unknown:
-                self._feed(node, dep.value)
+            if type(values[dep.index]) is _Unknown:
+                self.feed(node, values[dep.index])
                 return
         try:
             super()._run(node)
         except InterventionError as error:
             cause = error.__cause__
             if cause is not None and _fake_limit(cause):
-                self._feed(node, _Unknown(f"it depends on tensor values ({_describe(cause)})"))
+                self.feed(node, _Unknown(f"it depends on tensor values ({_describe(cause)})"))
                 return
             self.failure = _scan_failure(node, cause)
             raise self.failure from cause
-        if node.done:
+        if self.done[node.index]:
             self._ran(node)
 
     def apply(self, node: Node, args: tuple, kwargs: dict) -> Any:
@@ -535,8 +522,3 @@ def _holds_tensor(value: Any) -> bool:
 def _describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _at(node: Node) -> str:
-    where = node.source()
-    return f" (recorded at {where})" if where else ""

@@ -83,7 +83,7 @@ import torch
 from ._tree import map_structure
 from .errors import EnvoyAttributeError, GraphFormatError, InvokeError
 from .graph import EMPTY, MODULE_VALUE_OPS, Graph, Iteration, Node, display_path
-from .proxy import _BINARY, _COMPARISONS, _UNARY
+from .proxy import OPERATORS
 
 if TYPE_CHECKING:
     from .model import NNsightModel
@@ -109,8 +109,8 @@ MAX_TENSOR_DIMS = 16
 #: Most elements of one tensor constant (and largest size of any of its dimensions).
 MAX_TENSOR_ELEMENTS = 2**20
 
-#: Python operators a node may name, with their number of arguments: the proxy's operator table.
-OPERATORS: Dict[str, int] = {**{name: 2 for name in _BINARY + _COMPARISONS}, **{name: 1 for name in _UNARY}}
+# OPERATORS (imported from nnsight_core.proxy): the Python operators a node may name, with
+# their number of arguments: the proxy's own operator table.
 
 #: Tensor methods a ``call_method`` node may name. Excluded on purpose: methods that take
 #: a callable (``apply_``, ``map_``, ``register_hook``) and ``type``, which imports a class
@@ -1053,22 +1053,7 @@ def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Seque
         >>> [value.shape for value in saved.values()]
         [torch.Size([1, 10]), torch.Size([2, 10])]
     """
-    groups = _invoke_groups(graph, inputs, invokes)
-    _check_modules(model, graph)
-    prepared, sizes = [], []
-    for k, group in enumerate(groups):
-        value, size = model._prepare_inputs(tuple(group), {}, k)
-        prepared.append(value)
-        sizes.append(size)
-    stops = list(accumulate(sizes))
-    graph.rows = [(stop - size, stop) for stop, size in zip(stops, sizes, strict=True)]
-    graph.batch_size = sum(sizes)
-    batched = model._batch_graph(graph, prepared, sizes, kwargs, method)
-    try:
-        model.interleave(model._execute, graph, batched, method=method, **kwargs)
-        return {node.index: node.value for node in graph.nodes if node.saved and node.value is not EMPTY}
-    finally:
-        graph.release()
+    return model.run_graph(graph, *inputs, invokes=invokes, method=method, **kwargs)
 
 
 def _invoke_groups(graph: Graph, inputs: Tuple[Any, ...], invokes: Optional[Sequence[Sequence[Any]]]
@@ -1113,3 +1098,6 @@ def _has_module(model: NNsightModel, path: str) -> bool:
         if module is None:
             return False
     return True
+
+
+Graph.extensions.update(to_json=to_json, from_json=from_json)

@@ -9,30 +9,16 @@ that were not saved are freed.
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, List
 
 from . import _state
 from .errors import TraceStateError
-from .graph import EMPTY, Graph, Node
 
 if TYPE_CHECKING:
     from .model import NNsightModel
+    from .tracer import Runner
 
-__all__ = ["Session", "current_session"]
-
-
-class _Local(threading.local):
-    def __init__(self) -> None:
-        self.session: Optional[Session] = None
-
-
-_local = _Local()
-
-
-def current_session() -> Optional[Session]:
-    """The session open in this thread, or None."""
-    return _local.session
+__all__ = ["Session"]
 
 
 class Session:
@@ -55,54 +41,37 @@ class Session:
     be used in another trace (:class:`~nnsight_core.errors.ProxyScopeError`),
     inside a session or not.
 
+    How: a trace that runs while a session is open runs its graph keeping every
+    value (``Interleaver(..., keep=True)``) and registers with the session,
+    which removes the unsaved values from the trace's results when it ends.
+
     Attributes:
         model: The model whose ``session()`` opened it.
-        traces: The graphs of the traces that ran inside it, in order.
+        traces: The Runners of the traces that ran inside it, in order.
     """
 
     def __init__(self, model: NNsightModel) -> None:
         self.model = model
-        self.traces: List[Graph] = []
-        self._unsaved: List[Node] = []
+        self.traces: List[Runner] = []
 
     def __enter__(self) -> Session:
-        if _local.session is not None:
+        if _state.local.session is not None:
             raise TraceStateError("a session is already open in this thread: sessions cannot be "
                                   "nested; put all the traces in one `with model.session():` block.")
         if _state.current_runner() is not None:
             raise TraceStateError("model.session() was opened inside a trace: a session contains "
                                   "traces, so open it first and the traces inside it.")
-        _local.session = self
+        _state.local.session = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _local.session = None
-        for node in self._unsaved:
-            node.value = EMPTY
-        self._unsaved = []
-
-    def _keep(self, graph: Graph) -> Callable[[], None]:
-        """Mark every node of ``graph`` saved for its execution; return what unmarks them.
-
-        The Runner calls the returned function after the graph was released, so
-        the values stay (until the session ends) while the graph still prints,
-        serialises and reports ``saved`` as the user wrote it.
-        """
-        unsaved = [node for node in graph.nodes if not node.saved]
-        for node in unsaved:
-            node.saved = True
-        self.traces.append(graph)
-
-        def unmark() -> None:
-            for node in unsaved:
-                node.saved = False
-            self._unsaved.extend(unsaved)
-
-        return unmark
+        _state.local.session = None
+        for runner in self.traces:
+            values, nodes = runner.values, runner.graph.nodes
+            for index in [i for i in values if not nodes[i].saved]:
+                del values[index]
 
 
-def keep_values(graph: Graph) -> Optional[Callable[[], None]]:
-    """If a session is open, have it keep ``graph``'s values and return the function to call
-    after the graph was released (see :meth:`Session._keep`); else None."""
-    session = _local.session
-    return None if session is None else session._keep(graph)
+def open_session() -> Any:
+    """The session open in this thread, or None (a Runner asks before it executes)."""
+    return _state.local.session

@@ -9,24 +9,23 @@ graph interleaved, and frees everything but saved values.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _state
+from ._state import current_runner
+from .cache import record_cache
+from .envoy import call_range
 from .errors import InputError, InvokeError, ProxyCallError, TraceStateError
-from .graph import Graph, Iteration, Node
-from .scan import Scan, validate
-from .session import keep_values
+from .graph import EVENT_KIND, FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node, map_arg
+from .interleaver import Batch, Interleaver
+from .proxy import Proxy, TraceState, _record
+from .scan import Scan, metadata, validate
+from .session import open_session
 
 if TYPE_CHECKING:
     from .model import NNsightModel
-    from .proxy import Proxy
 
 __all__ = ["Runner", "Invoker", "current_runner"]
-
-
-def current_runner() -> Optional[Runner]:
-    """The Runner recording in this thread, or None outside a trace."""
-    return _state.current_runner()
 
 
 class Invoker:
@@ -82,9 +81,8 @@ class Invoker:
         self.index, self.prepared, self.batch_size = index, prepared, size
         runner._add_invoke(self)
         runner._invoker = self
-        if runner._model._edits:  # persistent edits (model.edit()) open every invoke
-            from .edits import replay_edits  # noqa: PLC0415 - edits subclasses this module's Runner
-            replay_edits(runner._model._edits, self)
+        for prelude in runner._preludes:  # persistent edits (model.edit()) open every invoke
+            self.replay(prelude)
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
@@ -108,11 +106,46 @@ class Invoker:
         runner = self._runner
         node = runner._graph.create_node(kind, (path, call), invoke=self.index,
                                          where=_state.user_location())
-        return runner._model.proxy_class(node)
+        return runner._model.proxy_class(node, runner.trace_state)
 
     def _set_node(self, op: str, path: str, call: Any, current: Proxy, value: Any) -> Proxy:
-        from .proxy import _record  # noqa: PLC0415 - proxy depends on this module's users
         return _record(self._runner._model.proxy_class, op, (path, call), (current, value), {})
+
+    def replay(self, graph: Graph) -> None:
+        """Record a copy of ``graph``'s nodes into this invoke, as if its code were written here.
+
+        Module values go through the invoke's current values exactly as envoy
+        accesses do: a value already produced is reused, and an assignment
+        becomes the module's current value, so later code builds on it. Persistent
+        edits (``model.edit()``) are replayed this way as each invoke opens.
+        """
+        runner = self._runner
+        target_graph = runner._graph
+        proxy_class = runner._model.proxy_class
+        current = self._current
+        copies: Dict[int, Node] = {}
+
+        def bind(node: Node) -> Node:
+            return copies[node.index]
+
+        for node in graph.nodes:
+            target = node.target
+            if node.op in MODULE_VALUE_OPS:
+                path, call = target
+                if type(call) is Iteration:
+                    call = self._iteration(call.start, call.stop, call.step)
+                target = (path, call)
+                key = (EVENT_KIND[node.op], path, call)
+                existing = current.get(key) if node.op in FED_OPS else None
+                if existing is not None:
+                    copies[node.index] = existing.node
+                    continue
+            copy = target_graph.create_node(node.op, target, map_arg(node.args, bind),
+                                            map_arg(node.kwargs, bind), invoke=self.index, where=node.where)
+            copies[node.index] = copy
+            runner._replayed.add(copy.index)
+            if node.op in MODULE_VALUE_OPS:
+                current[key] = proxy_class(copy, runner.trace_state)
 
 
 class Runner:
@@ -124,15 +157,26 @@ class Runner:
         >>> out.value.shape
         torch.Size([1, 2])
 
+    Model wrappers make Runners with :meth:`NNsightModel.runner
+    <nnsight_core.model.NNsightModel.runner>` (``trace`` does; ``generate``
+    asks for ``method="generate"``).
+
+    The Runner is what its proxies consult (see :class:`~nnsight_core.proxy.Proxy`):
+    while recording, for the open condition block and for shapes from the scan;
+    after the execution, for the values it left.
+
     Attributes:
-        graph: The recorded :class:`~nnsight_core.graph.Graph` (released after execution).
+        graph: The recorded :class:`~nnsight_core.graph.Graph` (structure only; it
+            can run again, e.g. with ``model.run_graph``).
         output: The model's raw output, after the block exits.
         invokers: The invokes entered so far, in batch order.
         method: The wrapper method the execution runs (None for a forward pass).
+        trace_state: The :class:`~nnsight_core.proxy.TraceState` its proxies share.
     """
 
     def __init__(self, model: NNsightModel, inputs: Tuple[Any, ...], invoker_args: Dict[str, Any],
-                 kwargs: Dict[str, Any], scan: bool = True, method: Optional[str] = None) -> None:
+                 kwargs: Dict[str, Any], scan: bool = True, method: Optional[str] = None,
+                 preludes: Sequence[Graph] = ()) -> None:
         # Set through __dict__: __setattr__ below guards user assignments, not these.
         self.__dict__.update(
             _model=model,
@@ -143,18 +187,43 @@ class Runner:
             _kwargs=kwargs,
             _scan=scan,
             _scan_state=None,      # the last scan's fake values (nnsight_core.scan)
-            _edit_nodes=set(),     # indices of nodes replayed from persistent edits
+            _preludes=tuple(preludes),  # graphs replayed at the top of every invoke (persistent edits)
+            _replayed=set(),       # indices of nodes replayed from preludes
             _invoker=None,         # the open invoke
             _auto=None,            # the invoke trace() opened for its own inputs
+            _conds=[],             # condition nodes of the open tracer.cond blocks (innermost last)
             invokers=[],
             _caches=[],            # callbacks recording trace-wide caches as invokes close
             _output=None,
         )
+        self.__dict__["trace_state"] = TraceState(self)
 
     @property
     def graph(self) -> Graph:
-        """The recorded graph; printable, and kept (without unsaved values) after execution."""
+        """The recorded graph: structure only, printable, and reusable after execution."""
         return self._graph
+
+    @property
+    def recording(self) -> bool:
+        """True while the user's code inside the block is recording."""
+        return self.trace_state.runner is not None
+
+    @property
+    def values(self) -> Dict[int, Any]:
+        """After the execution, node index to each saved value (inside a ``model.session()``,
+        to every value until the session ends)."""
+        return self.trace_state.values
+
+    def condition(self) -> Optional[Node]:
+        """The condition node of the innermost open ``tracer.cond`` block, or None."""
+        conds = self._conds
+        return conds[-1] if conds else None
+
+    def metadata(self, proxy: Proxy, name: str) -> Any:
+        """``proxy.shape`` (``dtype``, ``device``, ``ndim``) while recording: from the scan on
+        fake tensors (see :func:`nnsight_core.scan.metadata`), or a recorded attribute with
+        ``scan=False``."""
+        return metadata(self, proxy, name)
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
         """Open an invoke for ``inputs``; keyword arguments go to input preparation."""
@@ -181,35 +250,39 @@ class Runner:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._close()
-        graph = self._graph
         if exc_type is not None:
             self._scan_state = None
-            graph.release()
             return
-        unmark = keep_values(graph)  # inside model.session(): keep every value until it ends
         try:
             if not self.invokers:
                 raise InputError("the trace has no inputs: give them to trace(...) or open "
                                   "`with tracer.invoke(inputs):` blocks inside it.")
-            batched = self._batch()
+            batched, batch = self._batch()
             if self._scan:
-                validate(self, batched)  # on fake tensors, only if the graph needs checking
-            self._output = self._model.interleave(self._model._execute, graph, batched,
-                                                  method=self.method, **self._kwargs)
+                validate(self, batched, batch)  # on fake tensors, only if the graph needs checking
+            session = open_session()  # inside model.session(): keep every value until it ends
+            if session is not None:
+                session.traces.append(self)
+            self._output = self._model._interleave_graph(
+                self._graph, batched, batch, method=self.method, kwargs=self._kwargs,
+                keep=session is not None, finish=self._finish)
         finally:
             self._scan_state = None
-            graph.release()
-            if unmark is not None:
-                unmark()
 
-    def _batch(self) -> Any:
-        """The invokes' inputs as one batch; the graph learns how the execution enlarges it."""
-        return self._model._batch_graph(self._graph, [i.prepared for i in self.invokers],
-                                        [i.batch_size for i in self.invokers], self._kwargs, self.method)
+    def _finish(self, interleaver: Interleaver) -> None:
+        """Take what the execution left (also after an error): its results, and what ran."""
+        state = self.trace_state
+        state.values, state.skipped, state.ran = interleaver.results(), frozenset(interleaver.skipped), \
+            interleaver.done
+
+    def _batch(self) -> Tuple[Any, Batch]:
+        """The invokes' inputs as one batch, and how the batch is shared among them."""
+        return self._model.batch_invokes([i.prepared for i in self.invokers],
+                                         [i.batch_size for i in self.invokers], self._kwargs, self.method)
 
     def _close(self) -> None:
         self._invoker = None
-        self._graph.recording = False
+        self.trace_state.runner = None
         runners = _state.local.runners
         if runners and runners[-1] is self:
             runners.pop()
@@ -281,8 +354,6 @@ class Runner:
             CacheError: Something else that is not a module, a bad device or dtype.
             MissedCallError: After the run, when a module named in ``modules`` never ran.
         """
-        from .cache import record_cache  # noqa: PLC0415 - cache imports this module's users
-
         return record_cache(self, modules, device, dtype, include_inputs)
 
     # -- control flow and helpers ---------------------------------------------------
@@ -310,13 +381,10 @@ class Runner:
             InterventionError: While running, when the condition is not a single value.
         """
         self._check_open("cond()")
-        graph = self._graph
-        from .proxy import Proxy, _record  # noqa: PLC0415 - proxy depends on this module's users
-
-        if not isinstance(condition, Proxy) or condition.node.graph is not graph:
+        if not isinstance(condition, Proxy) or condition.node.graph is not self._graph:
             # A constant (or a finished trace's value): record it so the block has a node to test.
             condition = _record(self._model.proxy_class, "apply", bool, (condition,), {})
-        return _CondBlock(graph, condition.node)
+        return _CondBlock(self, condition.node)
 
     def apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Record ``fn(*args, **kwargs)`` as one node; proxies among the arguments become their values.
@@ -333,8 +401,6 @@ class Runner:
         self._check_open("apply()")
         if not callable(fn):
             raise ProxyCallError(f"tracer.apply() takes a callable first, not {type(fn).__name__}.")
-        from .proxy import _record  # noqa: PLC0415
-
         return _record(self._model.proxy_class, "apply", fn, args, kwargs)
 
     def log(self, *values: Any, **print_kwargs: Any) -> None:
@@ -362,17 +428,18 @@ class Runner:
         self._check_open("stop()")
         graph = self._graph
         before = tuple(n for n in graph.nodes if not n.users and n.iteration is None)
-        graph.create_node("stop", None, before, invoke=self._invoke_index(), where=_state.user_location())
+        graph.create_node("stop", None, before, invoke=self._invoke_index(), where=_state.user_location(),
+                          cond=self.condition())
 
     def _check_open(self, what: str) -> None:
-        if _state.current_runner() is not self or not self._graph.recording:
+        if _state.current_runner() is not self or not self.recording:
             raise TraceStateError(f"tracer.{what} records into its trace: use it inside the "
                                   "`with model.trace(...) as tracer:` block.")
 
     def _add_invoke(self, invoker: Invoker) -> None:
-        graph = self._graph
-        graph.rows.append((graph.batch_size, graph.batch_size + invoker.batch_size))
-        graph.batch_size += invoker.batch_size
+        rows = self._graph.rows
+        start = rows[-1][1] if rows else 0
+        rows.append((start, start + invoker.batch_size))
         self.invokers.append(invoker)
 
     def _invoke_index(self) -> Optional[int]:
@@ -384,7 +451,7 @@ class Runner:
     @property
     def output(self) -> Any:
         """Inside the block, the root module's output proxy; after it, the model's raw output."""
-        if self._graph.recording:
+        if self.recording:
             return self._model.output
         return self._output
 
@@ -430,8 +497,6 @@ class _IterIndexer:
         self._runner = runner
 
     def __getitem__(self, calls: Any) -> _IterBlock:
-        from .envoy import call_range  # noqa: PLC0415 - envoy imports this module's users
-
         return _IterBlock(self._runner, call_range(calls, "tracer.iter"))
 
 
@@ -467,15 +532,15 @@ def _print(*values: Any, **kwargs: Any) -> None:
 class _CondBlock:
     """The ``with tracer.cond(...):`` context: nodes recorded inside run only if the condition holds."""
 
-    def __init__(self, graph: Graph, condition: Node) -> None:
-        self._graph = graph
+    def __init__(self, runner: Runner, condition: Node) -> None:
+        self._runner = runner
         self._condition = condition
 
     def __enter__(self) -> _CondBlock:
-        self._graph.conds.append(self._condition)
+        self._runner._conds.append(self._condition)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        conds = self._graph.conds
+        conds = self._runner._conds
         if conds and conds[-1] is self._condition:
             conds.pop()

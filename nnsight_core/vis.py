@@ -37,10 +37,7 @@ import shutil
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .errors import GraphvizNotFoundError, ImageFormatError
-from .graph import MODULE_VALUE_OPS, Node, _fmt, display_path
-
-if TYPE_CHECKING:
-    from .graph import Graph
+from .graph import MODULE_VALUE_OPS, Graph, Node, display_path, format_value, nodes_in
 
 __all__ = ["to_dot", "render", "FORMATS"]
 
@@ -156,8 +153,8 @@ def _dot_node(node: Node) -> str:
         target = node.target
         if target is not None:
             head += f"[{getattr(target, '__name__', target)}]"
-        detail = ", ".join([_fmt(a) for a in node.args if type(a) is not Node]
-                           + [f"{k}={_fmt(v)}" for k, v in node.kwargs.items() if type(v) is not Node])
+        detail = ", ".join([format_value(a) for a in node.args if type(a) is not Node]
+                           + [f"{k}={format_value(v)}" for k, v in node.kwargs.items() if type(v) is not Node])
     label = head + ("\n" + detail if detail else "")
     fill = _SAVED_FILL if node.saved else _MODULE_FILL if node.op in MODULE_VALUE_OPS else "white"
     return f"n{node.index} [label={_quote(label)}, fillcolor={_quote(fill)}];"
@@ -174,26 +171,17 @@ def _arg_positions(node: Node) -> Dict[int, List[str]]:
     """For each node argument of ``node``: its index, to the positions (or keywords) it fills."""
     positions: Dict[int, List[str]] = {}
     for position, value in list(enumerate(node.args)) + list(node.kwargs.items()):
-        for dep in _nodes_in(value):
+        for dep in nodes_in(value):
             names = positions.setdefault(dep.index, [])
             if str(position) not in names:
                 names.append(str(position))
     return positions
 
 
-def _nodes_in(value: Any) -> List[Node]:
-    if type(value) is Node:
-        return [value]
-    if type(value) in (tuple, list):
-        return [n for v in value for n in _nodes_in(v)]
-    if type(value) is dict:
-        return [n for v in value.values() for n in _nodes_in(v)]
-    if type(value) is slice:
-        return [n for v in (value.start, value.stop, value.step) for n in _nodes_in(v)]
-    return []
-
-
 def _quote(text: str) -> str:
     """A DOT double-quoted string; ``\\n`` in ``text`` becomes a centred line break."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
+
+
+Graph.extensions.update(to_dot=to_dot, vis=render)

@@ -201,7 +201,7 @@ class WithExtras(NNsight):
 
     def __init__(self, module):
         super().__init__(module)
-        self._attach("after", Doubler())
+        self.attach("after", Doubler())
 
 
 def test_attached_module_is_an_envoy_but_not_part_of_the_model():

@@ -216,7 +216,7 @@ def test_a_graph_serialised_after_its_trace_runs_twice():
     second = run(model, graph, x)[out.node.index]
     assert_same(first, expected)
     assert_same(second, expected)
-    assert all(n.value is serialize.EMPTY for n in graph.nodes if not n.saved)  # freed after the run
+    assert not hasattr(graph.nodes[0], "value")  # the graph is structure: each run keeps its own values
 
 
 def test_model_interleave_runs_a_loaded_graph():
@@ -229,7 +229,7 @@ def test_model_interleave_runs_a_loaded_graph():
     raw = model.interleave(net, graph, x)
     expected = net.layer2(net.act(torch.zeros(2, 10)))
     assert_same(raw, expected)
-    assert_same(graph.nodes[out.node.index].value, expected)
+    assert_same(model.run_graph(graph, x)[out.node.index], expected)
 
 
 # -- round trips ----------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from nnsight_core import Graph, MissedCallError, Node, Proxy, Runner, TokenIndexError
-from nnsight_core.graph import EMPTY
 from nnsight_torch import NNsight
 
 from .bad_inputs import Net, X
@@ -166,6 +165,6 @@ def test_a_saved_proxy_keeps_no_unsaved_value():
         hidden = net.blocks[0].output * 2
         net.blocks[1].output[:] = hidden[:, :8]
         out = net.output.save()
-    held = [node for node in tracer.graph.nodes if not node.saved and node.value is not EMPTY]
-    assert held == []
+    held = [index for index in tracer.values if not tracer.graph.nodes[index].saved]
+    assert held == [] and out.node.index in tracer.values
     assert isinstance(out.value, torch.Tensor)

@@ -7,6 +7,8 @@ import torch
 
 from nnsight_core import (EnvoyAttributeError, InputError, InterventionError, InvokeError, MissedCallError,
                           ModuleIndexError, OutOfOrderEditError, TraceStateError)
+from nnsight_core import Interleaver
+from nnsight_core.graph import EMPTY
 from nnsight_core.testing import hook_count
 from nnsight_torch import NNsight
 
@@ -565,26 +567,35 @@ def test_child_named_like_an_envoy_attribute():
 
 def test_values_are_freed_after_their_last_use(net):
     model = NNsight(net)
-    states, node = [], None
-
-    def spy(module, args, output):
-        states.append(repr(node.value))
-
-    # During execution: when layer2 runs, the intermediate is already freed.
-    handle = net.layer2.register_forward_hook(spy)
-    try:
-        with model.trace(torch.rand(1, 5)):
-            doubled = model.layer1.output * 2
-            kept = (doubled + 1).save()
-            node = doubled.node
-            model.layer2.output.save()
-    finally:
-        handle.remove()
-    assert states == ["<empty>"]
+    x = torch.rand(1, 5)
+    with model.trace(x) as tracer:
+        doubled = model.layer1.output * 2
+        kept = (doubled + 1).save()
+        model.layer2.output.save()
     # After the trace every unsaved value is gone, saved ones stay.
     assert isinstance(kept.value, torch.Tensor)
     with pytest.raises(ValueError, match="freed"):
         doubled.value
+
+    # During execution (the same graph run again, watched): when layer2 runs, the
+    # intermediate is already freed.
+    states, running = [], []
+
+    class Watched(Interleaver):
+        def __enter__(self):
+            running.append(self)
+            return super().__enter__()
+
+    def spy(module, args, output):
+        states.append(running[-1].values[doubled.node.index])
+
+    handle = net.layer2.register_forward_hook(spy)
+    try:
+        saved = model.run_graph(tracer.graph, x, executor=Watched)
+    finally:
+        handle.remove()
+    assert states == [EMPTY]
+    assert set(saved) == {node.index for node in tracer.graph.nodes if node.saved}
 
 
 def test_state_errors(net):

@@ -116,7 +116,7 @@ class DiffusionModel(NNsight):
         (twice-sized with classifier-free guidance), so ``.next()`` moves to the
         next step; ``model.output`` is the pipeline's output.
         """
-        return Runner(self, inputs, dict(invoker_args or {}), kwargs, method="generate")
+        return self.runner(*inputs, method="generate", invoker_args=invoker_args, **kwargs)
 
     def batch_layout(self, batch_size: int, kwargs: Dict[str, Any],
                      method: Optional[str]) -> Dict[int, Tuple[int, int]]:

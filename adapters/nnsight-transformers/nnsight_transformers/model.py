@@ -78,7 +78,7 @@ class LanguageModel(NNsight):
         self.__dict__["tokenizer_kwargs"] = dict(tokenizer_kwargs or {})
         super().__init__(model_key, *args, **kwargs)
         _prepare_tokenizer(self.tokenizer)
-        self._attach("generator", Generator())
+        self.attach("generator", Generator())
 
     def generate(self, *inputs: Any, invoker_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Runner:
         """A trace that runs ``generate()``; keyword arguments (``max_new_tokens``, ...) go to it.
@@ -87,7 +87,7 @@ class LanguageModel(NNsight):
         next step; ``model.generator.output`` is the generated ids (prompt
         included, left padding of shorter invokes included).
         """
-        return Runner(self, inputs, dict(invoker_args or {}), kwargs, method="generate")
+        return self.runner(*inputs, method="generate", invoker_args=invoker_args, **kwargs)
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
