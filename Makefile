@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml constraints.txt $(ADAPTERS)
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 demo: $(STAMP)
