@@ -17,6 +17,7 @@ from .errors import (AdapterNotFoundError, AssignmentError, BatchError, CacheErr
                      PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, ScanError,
                      TokenIndexError, TraceStateError, ValueNotSetError)
 from .graph import OPS, Graph, Node
+from ._state import register_internal_package
 from .hookspecs import hookimpl, hookspec
 from .interleaver import Interleaver
 from .model import NNsightModel
@@ -71,4 +72,5 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
+    "register_internal_package",
 ]

@@ -80,10 +80,20 @@ def nnsight_execute(model: NNsightModel, batched: Any, kwargs: Dict[str, Any],
                     method: Optional[str]) -> Optional[Any]:
     """Run the model on the batched inputs and return its output.
 
-    Called inside ``NNsightModel.interleave``, so hooks for the intervention
-    graph are in place. ``kwargs`` are the trace's extra keyword arguments;
-    ``method`` names what to run: ``None`` for a forward pass, or the name the
-    wrapper gave its Runner (e.g. ``"generate"``).
+    Called with the intervention graph interleaved (its hooks are in place).
+    ``kwargs`` are the trace's extra keyword arguments; ``method`` names what
+    to run: ``None`` for a forward pass, or the name the wrapper gave its
+    Runner (``self.runner(..., method="generate")``).
+
+    The scan (:mod:`nnsight_core.scan`) also calls it, to run the model on fake
+    tensors under ``torch``'s ``FakeTensorMode``: ``batched`` then holds fake
+    tensors, the model's weights are fake copies, and nothing is computed. An
+    implementation must not rely on tensor values there (no ``.item()`` that
+    decides what runs; it may raise, which ends the scan early) and must not
+    cause side effects it would regret (writing files, counting calls): it can
+    tell with :func:`nnsight_core.scan.is_scanning`, as a wrapper hook that
+    times or logs real executions does.
+
     First result wins; return ``None`` for wrappers that are not yours (a
     model whose output is ``None`` therefore lets later plugins run too).
     """

@@ -63,7 +63,17 @@ class NNsightModel:
         custom_model: Whether the wrapper was given a module rather than a key.
         proxy_class: Class of the proxies that traces create.
 
-    Override points: ``proxy_class``; behaviour comes from the adapter's hookimpls.
+    Override points (a framework's wrapper class sets or overrides them; everything
+    else comes from the adapter's hookimpls):
+
+    * ``proxy_class``: the :class:`~nnsight_core.proxy.Proxy` subclass of the values a
+      trace records, for framework helpers (``LanguageModel``'s ``.token[i]``).
+    * :meth:`batch_layout`: how an execution enlarges the invokes' batch inside the
+      model (classifier-free guidance), so each invoke keeps its own rows.
+
+    Public helpers for adapters: :meth:`runner` (a trace that runs another method,
+    e.g. ``generate``), :meth:`attach` (an extra hooked module beside the model),
+    ``_model`` (the wrapped module; public despite its underscore, as in nnsight).
     """
 
     proxy_class: type = InterventionProxy
