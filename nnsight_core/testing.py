@@ -22,35 +22,49 @@ Expected values come from plain PyTorch: forward hooks (and forward pre-hooks,
 ``model.trace(*inputs, trace=False)`` (the adapter's own input handling,
 without interleaving).
 
-Override points:
-    make_model: Return a fresh model wrapper (required).
-    make_inputs: Return a list of at least two invokes' positional inputs (required).
-    module_path: Dotted path of a submodule to read and edit (required). The
-        ``.input`` test replaces its first positional argument, the ``.grad``
-        test reads the gradient of its output.
-    output_index: If the module returns a tuple, the index of its tensor (default None).
-    final_tensor: Extract a tensor from the model's output (default: its first tensor).
-    align: Make an invoke's value from a batched run comparable with its solo run
-        (default: unchanged; a sequence model with left padding keeps the last tokens).
-    atol: Tolerance when batched results are compared with solo runs.
-    trace_kwargs: Keyword arguments given to every execution, plain or traced
-        (default none; e.g. a fixed seed for a model that samples noise).
-    edit_input: The new value of the module's first positional argument,
-        computed from the old one with operations a proxy records (default: halved).
-    repeated_module_path: Dotted path of a module that runs at least twice in one
-        execution (a shared module, a generation or denoising step), for the
-        ``.next()`` test; ``output_index`` applies to it too (default None: set it,
-        or opt out through ``not_applicable``).
-    repeated_kwargs: Keyword arguments added to ``trace_kwargs`` in the ``.next()``
-        test, e.g. ``{"num_inference_steps": 2}`` (default none).
-    grad_loss: The scalar to differentiate in the ``.grad`` test, computed from the
-        root module's output (``model.output``: a proxy in the trace, the real value
-        in the plain run) with operations a proxy records (default:
-        ``(output ** 2).sum()``, for a model that returns a tensor).
-    not_applicable: Tests that do not apply to the adapter, each with its reason,
-        keyed ``"input"``, ``"next"``, ``"grad"`` or ``"scan"``; those tests are
-        skipped with the reason (default none), e.g.
-        ``{"grad": "the pipeline runs under torch.no_grad()"}``.
+Override points (class attributes and methods of a subclass):
+
+``make_model()``
+    Return a fresh model wrapper (required).
+``make_inputs()``
+    Return a list of at least two invokes' positional inputs (required).
+``module_path``
+    Dotted path of a submodule that runs once per execution, to read and edit
+    (required). The ``.input`` test replaces its first positional argument, the
+    ``.grad`` test reads the gradient of its output.
+``output_index``
+    If the module returns a tuple, the index of its tensor (default None).
+``final_tensor(output)``
+    Extract a tensor from the model's output (default: its first tensor).
+``align(batched, solo)``
+    Make an invoke's value from a batched run comparable with its solo run
+    (default: unchanged; a sequence model with left padding keeps the last tokens).
+``atol``
+    Tolerance when batched results are compared with solo runs, and for gradients.
+``trace_kwargs``
+    Keyword arguments given to every execution, plain or traced (default none;
+    e.g. a fixed seed for a model that samples noise).
+``edit_input(value)``
+    The new value of the module's first positional argument, computed from the
+    old one with operations a proxy records (default: halved).
+``repeated_module_path``
+    Dotted path of a module that runs at least twice in one execution (a shared
+    module, a generation or denoising step), for the ``.next()`` test;
+    ``output_index`` applies to it too. Default None: set it, or opt out
+    through ``not_applicable``.
+``repeated_kwargs``
+    Keyword arguments added to ``trace_kwargs`` in the ``.next()`` test, e.g.
+    ``{"num_inference_steps": 2}`` (default none).
+``grad_loss(output)``
+    The scalar to differentiate in the ``.grad`` test, computed from the root
+    module's output (``model.output``: a proxy in the trace, the real value in
+    the plain run) with operations a proxy records (default:
+    ``(output ** 2).sum()``, for a model whose root module returns a tensor).
+``not_applicable``
+    Tests that do not apply to the adapter, each with its reason, keyed by
+    :data:`FEATURES` (``"input"``, ``"next"``, ``"grad"``, ``"scan"``); those
+    tests are skipped with the reason (default none), e.g.
+    ``{"grad": "the pipeline runs under torch.no_grad()"}``.
 """
 
 from __future__ import annotations
