@@ -46,7 +46,7 @@ bench-memory: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"
-	$(PY) -m sphinx -W -E -b html docs docs/_build/html
+	$(PY) -m sphinx -W -n -E -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) docs/_build

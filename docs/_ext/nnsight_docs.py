@@ -20,6 +20,11 @@
     does not match, fails the build. With ``:cases: id, id``, only those
     cases' code and messages, without headings.
 
+It also resolves a re-exported name where its defining module documents it:
+a reference to ``nnsight_transformers.LanguageModel`` (or one of its members)
+links to ``nnsight_transformers.model.LanguageModel`` when the package lists
+the name in ``__all__``. Only modules already imported are consulted.
+
 It also keeps napoleon away from the one-line ``#:`` docstrings of module data
 and attributes: napoleon reads ``text: more text`` there as ``type: description``
 and would print "Type: text". Those docstrings are plain reStructuredText.
@@ -263,6 +268,28 @@ def _entry(case: Any, message: str, headed: bool) -> List[str]:
     return lines
 
 
+def _resolve_reexport(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """``missing-reference`` handler: retry ``package.Name[.member]`` at ``Name``'s defining module."""
+    if node.get("refdomain") != "py":
+        return None
+    parts = node.get("reftarget", "").lstrip("~.").split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        package = sys.modules.get(".".join(parts[:i]))
+        if package is None:
+            continue
+        name = parts[i]
+        obj = getattr(package, name, None)
+        home = getattr(obj, "__module__", None)
+        if name not in getattr(package, "__all__", ()) or home in (None, package.__name__):
+            return None
+        target = ".".join([home, getattr(obj, "__qualname__", name), *parts[i + 1:]])
+        retry = node.deepcopy()
+        retry["reftarget"] = target
+        return env.get_domain("py").resolve_xref(env, node["refdoc"], app.builder, node["reftype"],
+                                                 target, retry, contnode)
+    return None
+
+
 def setup(app: Any) -> Dict[str, Any]:
     # Napoleon processes docstrings at the default priority, 500: one handler
     # runs before it and one after it.
@@ -271,5 +298,6 @@ def setup(app: Any) -> Dict[str, Any]:
     app.add_directive("ops-table", OpsTable)
     app.add_directive("example-output", ExampleOutput)
     app.add_directive("reexports", Reexports)
+    app.connect("missing-reference", _resolve_reexport)
     app.add_directive("bad-input-catalogue", BadInputCatalogue)
     return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}

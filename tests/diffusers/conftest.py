@@ -1,12 +1,12 @@
 """Tiny diffusers pipelines, built once per session from configs and saved to disk.
 
 Every test loads them back through ``DiffusionPipeline.from_pretrained`` (the
-plain pipeline, for expected values) or ``DiffusionModel`` (the adapter).
+plain pipeline, for expected values: ``tests.helpers.plain_pipeline``) or ``DiffusionModel``
+(the adapter).
 """
 
 import pytest
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from nnsight_diffusers.testing import tiny_dit, tiny_stable_diffusion
 
@@ -30,12 +30,3 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def plain(folder):
-    """The plain diffusers pipeline, for expected values."""
-    return DiffusionPipeline.from_pretrained(folder)
-
-
-def generators(seed, rows, repeats=1):
-    """What DiffusionModel's ``seed=`` means: image k of every prompt seeded with seed + k."""
-    return [torch.Generator().manual_seed(seed + k % repeats) for k in range(rows * repeats)]

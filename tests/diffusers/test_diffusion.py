@@ -7,7 +7,7 @@ from nnsight_diffusers import DiffusionModel
 from nnsight_core import InputError, MissedCallError, ModelKeyError
 from nnsight_core.testing import hook_count
 
-from .conftest import generators, plain
+from tests.helpers import generators, plain_pipeline as plain
 
 PROMPTS = ["a photo of a cat", "the red dog"]
 STEPS = 3

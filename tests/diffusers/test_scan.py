@@ -12,7 +12,7 @@ from nnsight_diffusers import DiffusionModel
 from nnsight_core import AssignmentError
 from nnsight_core.testing import hook_count
 
-from .conftest import generators, plain
+from tests.helpers import generators, plain_pipeline as plain
 
 STEPS = 2
 RUN = {"num_inference_steps": STEPS, "output_type": "pt"}

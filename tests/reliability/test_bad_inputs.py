@@ -13,7 +13,7 @@ import torch
 from nnsight_core import NNsightError
 
 from .bad_inputs import BUILDERS, CASES, PROMPT, Case, Net, X
-from .conftest import assert_clean, snapshot
+from tests.reliability.subjects import assert_clean, snapshot
 
 
 def _check_nnsight(model: Any) -> None:

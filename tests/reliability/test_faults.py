@@ -16,7 +16,7 @@ import torch
 
 from nnsight_core import BatchError, InputError, InterventionError, ValueNotSetError
 
-from .conftest import Subject, _envoy, assert_clean, make_subject, snapshot, tripwire
+from tests.reliability.subjects import Subject, _envoy, assert_clean, make_subject, snapshot, tripwire
 
 
 class UserBug(Exception):

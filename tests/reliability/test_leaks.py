@@ -22,7 +22,7 @@ from nnsight_core import Graph, MissedCallError, Node, Proxy, Runner, TokenIndex
 from nnsight_torch import NNsight
 
 from .bad_inputs import Net, X
-from .conftest import PROMPT, assert_clean, hooks_left, make_subject, snapshot
+from tests.reliability.subjects import PROMPT, assert_clean, hooks_left, make_subject, snapshot
 
 TRACES = 1000
 #: Resident memory the 1000 traces may add (allocator noise; the saved values take well under 1 MiB).

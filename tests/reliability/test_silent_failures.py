@@ -16,7 +16,7 @@ from nnsight_core.testing import hook_count
 from nnsight_torch import NNsight
 
 from .bad_inputs import Net, X
-from .conftest import PROMPT, assert_clean, make_subject, snapshot
+from tests.reliability.subjects import PROMPT, assert_clean, make_subject, snapshot
 
 # -- a module that is never called --------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import torch
 from nnsight_torch import NNsight
 
 from .bad_inputs import Net
-from .conftest import assert_clean, make_subject, snapshot
+from tests.reliability.subjects import assert_clean, make_subject, snapshot
 
 ROUNDS = 25
 

@@ -7,7 +7,7 @@ from nnsight_torch import NNsight
 from nnsight_core import InterventionError, ProxyCallError, TraceStateError, ValueNotSetError
 from nnsight_core.testing import hook_count
 
-from .conftest import make_net
+from tests.helpers import make_net
 
 X = torch.rand(3, 5, generator=torch.Generator().manual_seed(0))
 

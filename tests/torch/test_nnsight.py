@@ -12,7 +12,7 @@ from nnsight_core.graph import EMPTY
 from nnsight_core.testing import hook_count
 from nnsight_torch import NNsight
 
-from .conftest import make_net
+from tests.helpers import Shared, make_net
 
 
 def raw_outputs(net, x, names, edits=None):
@@ -289,35 +289,6 @@ def test_input_edit_in_place(net):
     x0[:, 0] = 0
     torch.testing.assert_close(out.value, net(x0), rtol=0, atol=0)
     assert bool((x[:, 0] != 0).all()), "the caller's input tensor must not be edited"
-
-
-class Shared(torch.nn.Module):
-    """Calls one submodule twice (like a tied layer or a generation step)."""
-
-    def __init__(self):
-        super().__init__()
-        self.block = torch.nn.Linear(4, 4)
-        self.head = torch.nn.Linear(4, 1)
-
-    def forward(self, x):
-        return self.head(self.block(self.block(x)))
-
-
-def test_next_addresses_each_call():
-    torch.manual_seed(0)
-    net = Shared()
-    x = torch.rand(2, 4)
-    model = NNsight(net)
-    with model.trace(x):
-        first = model.block.output.save()
-        second = model.block.next().output.save()
-        model.block.output[:] = 0          # still the second call
-        out = model.output.save()
-    a = net.block(x)
-    b = net.block(a)
-    assert torch.equal(first.value, a)
-    assert torch.equal(second.value, torch.zeros_like(b))
-    assert torch.equal(out.value, net.head(torch.zeros_like(b)))
 
 
 def test_module_never_called_raises_naming_it():

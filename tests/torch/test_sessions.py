@@ -12,7 +12,7 @@ from nnsight_core import AssignmentError, ProxyScopeError, Session, TraceStateEr
 from nnsight_core.testing import hook_count
 from nnsight_torch import NNsight
 
-from .conftest import make_net
+from tests.helpers import make_net
 
 
 def plain(net, x, hidden=None):

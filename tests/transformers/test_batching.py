@@ -2,7 +2,7 @@
 
 import torch
 
-from .conftest import LONG, MID, SHORT, capture, left_pad, raw_hooks
+from tests.helpers import LONG, MID, SHORT, capture, left_pad, raw_hooks
 
 PROMPTS = [SHORT, LONG, MID]
 

@@ -6,12 +6,16 @@ from transformers import AutoTokenizer
 
 from nnsight_core.testing import AdapterConformance
 
-from .conftest import LONG, MID, SHORT
+from tests.helpers import LONG, MID, SHORT
+
 
 class _LanguageModelConformance(AdapterConformance):
     arch = ""
     # Batched and solo runs differ by float noise only.
     atol = 1e-4
+    not_applicable = {"next": "a trace runs one forward pass, where every module of a decoder-only LM "
+                              "runs once; generation steps (.next() across calls) are tested in "
+                              "tests/transformers/test_generate.py"}
 
     @pytest.fixture(autouse=True)
     def _folder(self, checkpoints):
@@ -24,6 +28,10 @@ class _LanguageModelConformance(AdapterConformance):
         # Prompts of different lengths (left-padded in the batch), two prompts in one invoke, ids.
         tok = AutoTokenizer.from_pretrained(self.folder)
         return [(SHORT,), (LONG,), ([MID, SHORT],), (tok(MID)["input_ids"],)]
+
+    def grad_loss(self, output):
+        # The root module returns a CausalLMOutputWithPast: differentiate its logits.
+        return (output.logits ** 2).mean()
 
     def align(self, batched, solo):
         # Left padding: an invoke's own tokens are the last ones of the batch.

@@ -2,7 +2,7 @@
 
 import torch
 
-from .conftest import LONG, SHORT, raw_hooks
+from tests.helpers import LONG, SHORT, raw_hooks
 
 STEPS = 4
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from .conftest import LONG, MID, MLP0, SHORT, capture, raw_hooks
+from tests.helpers import LONG, MID, MLP0, SHORT, capture, raw_hooks
 
 ATOL = 1e-4
 

@@ -6,7 +6,7 @@ import torch
 from nnsight_core import MissedCallError
 from nnsight_core.testing import hook_count
 
-from .conftest import LONG, MID, SHORT, raw_hooks
+from tests.helpers import LONG, MID, SHORT, raw_hooks
 
 STEPS = 5
 

@@ -6,7 +6,7 @@ from transformers import BatchEncoding
 
 from nnsight_core import InputError
 
-from .conftest import LONG, MID, SHORT, left_pad
+from tests.helpers import LONG, MID, SHORT, left_pad
 
 ATOL = 1e-5
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nnsight_core import ModelKeyError
 
-from .conftest import LONG, SHORT
+from tests.helpers import LONG, SHORT
 
 
 @pytest.fixture

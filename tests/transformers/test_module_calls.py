@@ -11,7 +11,7 @@ import torch
 
 from nnsight_core import MissedCallError
 
-from .conftest import LONG, MID, SHORT, capture, hook_free, raw_hooks
+from tests.helpers import LONG, MID, SHORT, capture, hook_free, raw_hooks
 
 ATOL = 1e-5
 FINAL_NORM = {"gpt2": "transformer.ln_f", "llama": "model.norm"}

@@ -11,7 +11,7 @@ import importlib.util
 import pytest
 import torch
 
-from .conftest import capture, raw_hooks
+from tests.helpers import capture, raw_hooks
 
 pytestmark = pytest.mark.real
 

@@ -10,7 +10,7 @@ import torch
 from nnsight_core import AssignmentError, InterventionError, ScanError
 from nnsight_core.testing import hook_count
 
-from .conftest import LONG, MID, SHORT, left_pad, raw_hooks
+from tests.helpers import LONG, MID, SHORT, left_pad, raw_hooks
 
 
 def layers(lm, tiny):

@@ -10,7 +10,7 @@ from nnsight_core import Graph
 from nnsight_core.serialize import run
 from nnsight_core.testing import hook_count
 
-from .conftest import LONG, SHORT, capture, raw_hooks
+from tests.helpers import LONG, SHORT, capture, raw_hooks
 from .test_generate import hf_generate
 
 ATOL = 1e-4

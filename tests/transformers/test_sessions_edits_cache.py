@@ -11,7 +11,7 @@ from torch.utils import _pytree as pytree
 from nnsight_core import CacheError
 from nnsight_core.testing import hook_count
 
-from .conftest import LONG, MID, MLP0, SHORT, capture, left_pad, raw_hooks
+from tests.helpers import LONG, MID, MLP0, SHORT, capture, left_pad, raw_hooks
 
 ATOL = 1e-4
 STEPS = 4

@@ -10,7 +10,7 @@ import torch
 
 from nnsight_core import BatchError
 
-from .conftest import LONG, MID, SHORT, hook_free
+from tests.helpers import LONG, MID, SHORT, hook_free
 
 ATOL = 1e-5
 EMBEDDING = {"gpt2": "transformer.wte", "llama": "model.embed_tokens"}

@@ -5,7 +5,7 @@ import torch
 
 from nnsight_core import TokenIndexError, TraceStateError
 
-from .conftest import LONG, SHORT, capture, raw_hooks
+from tests.helpers import LONG, SHORT, capture, raw_hooks
 
 
 def layer0(lm, arch):
