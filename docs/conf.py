@@ -52,14 +52,6 @@ nitpick_ignore += [
     ("py:class", "nnsight_core.tracer._CondBlock"),    # what Runner.cond returns
     ("py:class", "nnsight_core.envoy._CallIndexer"),   # the type of Envoy.iter
 ]
-# Broken references in docstrings of files the docs do not own; remove each entry once its
-# docstring is fixed (the fix is in the comment).
-nitpick_ignore += [
-    # nnsight_core/interleaver.py, StopExecution: :meth:`~nnsight_core.model.NNsightModel.interleave`
-    ("py:meth", "NNsightModel.interleave"),
-    # nnsight_core/serialize.py, run(): "Returns:" text without a colon, which napoleon reads as a type
-    ("py:class", "The saved values"),
-]
 
 # -- autodoc / napoleon -------------------------------------------------------------
 

@@ -129,7 +129,7 @@ class Iteration:
 
 
 def format_location(where: Optional[Tuple[str, int]]) -> str:
-    """``(filename, line)`` as ``file:line: `code` `` (the line's source, when readable), or ''."""
+    """``(filename, line)`` as ``file:line: `code```, the line's source quoted when readable; or ''."""
     if where is None:
         return ""
     filename, line = where

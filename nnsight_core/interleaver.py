@@ -54,7 +54,8 @@ class StopExecution(BaseException):
     """Raised by a ``stop`` node to end the model's execution early (``tracer.stop()``).
 
     A ``BaseException``, so model code that catches ``Exception`` lets it
-    through; :meth:`NNsightModel.interleave` catches it.
+    through; the model wrapper's execution (as in
+    :meth:`~nnsight_core.model.NNsightModel.interleave`) catches it.
     """
 
 

@@ -289,7 +289,7 @@ class NNsightModel:
             **kwargs: Passed to execution, as ``model.trace``'s keyword arguments.
 
         Returns:
-            The saved values: each ``save`` node's index mapped to its value.
+            Each ``save`` node's index mapped to its saved value.
 
         Raises:
             InvokeError: ``inputs`` and ``invokes`` both or neither given, or their number
