@@ -144,10 +144,10 @@ def map_arg(value: Any, fn: Callable[[Node], Any]) -> Any:
 
 
 def nodes_in(value: Any) -> List[Node]:
-    """The nodes inside nested arguments, in order (with repeats)."""
-    found: List[Node] = []
-    map_arg(value, found.append)
-    return found
+    """The distinct nodes inside nested arguments (tuple, list, dict, slice), in order."""
+    found: Dict[int, Node] = {}
+    _collect(value, found)
+    return list(found.values())
 
 
 def display_path(path: str) -> str:

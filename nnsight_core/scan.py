@@ -39,7 +39,7 @@ from torch._subclasses import fake_tensor as _fake
 from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._tree import tree_map
+from ._tree import map_structure, tree_map
 from .errors import InterventionError, NNsightError, ScanError
 from .graph import EMPTY, Graph, Node
 from .interleaver import Batch, Interleaver, StopExecution
@@ -511,12 +511,9 @@ _ASSIGNMENTS = frozenset({"set_output", "set_inputs", "set_input", "setitem"})
 
 
 def _holds_tensor(value: Any) -> bool:
-    kind = type(value)
-    if kind is tuple or kind is list:
-        return any(_holds_tensor(v) for v in value)
-    if kind is dict:
-        return any(_holds_tensor(v) for v in value.values())
-    return isinstance(value, torch.Tensor)
+    found: List[Any] = []
+    map_structure(value, lambda leaf: found.append(leaf) if isinstance(leaf, torch.Tensor) else None)
+    return bool(found)
 
 
 def _describe(error: BaseException) -> str:
