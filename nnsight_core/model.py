@@ -211,14 +211,16 @@ class NNsightModel:
         self.__dict__.pop("_edits", None)
 
     def interleave(self, fn: Callable[..., Any], intervention_graph: Graph, *inputs: Any,
-                   **kwargs: Any) -> Any:
+                   interleaver_class: Callable[..., Interleaver] = Interleaver, **kwargs: Any) -> Any:
         """Run ``fn(*inputs, **kwargs)`` with ``intervention_graph`` interleaved.
 
         Hooks are added only to modules the graph touches and are always
         removed, also on error. One module runs one interleaved execution at a
         time, also across wrappers of the same module: concurrent traces from
         other threads wait for it. A lazily loaded model loads its weights once,
-        in the first execution.
+        in the first execution. ``interleaver_class`` (an Interleaver subclass,
+        or a factory called as ``interleaver_class(graph, module, attached)``)
+        executes the graph, e.g. :func:`nnsight_core.serialize.run`'s guarded one.
 
         Raises:
             MissedCallError: A module value the graph needed was never produced.
@@ -226,7 +228,7 @@ class NNsightModel:
         with self._lock:
             if not self.dispatched:
                 self.dispatch_model()
-            interleaver = Interleaver(intervention_graph, self._model, self._attached)
+            interleaver = interleaver_class(intervention_graph, self._model, self._attached)
             with interleaver:
                 try:
                     output = fn(*inputs, **kwargs)

@@ -33,11 +33,14 @@ from __future__ import annotations
 from .decode import from_dict, from_json
 from .encode import to_dict, to_json
 from .execute import run
+from .guard import GuardedInterleaver, Limits
 from .schema import (DTYPES, FORMAT, FUNCTIONS, MAX_DEPTH, MAX_DOCUMENT_CHARS, MAX_NODES, MAX_TENSOR_DIMS,
-                     MAX_TENSOR_ELEMENTS, OPERATORS, SERIALISABLE_OPS, TENSOR_METHODS, VERSION)
+                     MAX_TENSOR_ELEMENTS, OPERATORS, SERIALISABLE_OPS, TENSOR_ATTRIBUTES, TENSOR_METHODS,
+                     VERSION)
 
 __all__ = [
     "FORMAT", "VERSION", "MAX_DOCUMENT_CHARS", "MAX_NODES", "MAX_DEPTH", "MAX_TENSOR_DIMS",
-    "MAX_TENSOR_ELEMENTS", "SERIALISABLE_OPS", "OPERATORS", "TENSOR_METHODS", "FUNCTIONS", "DTYPES",
-    "to_dict", "to_json", "from_dict", "from_json", "run",
+    "MAX_TENSOR_ELEMENTS", "SERIALISABLE_OPS", "OPERATORS", "TENSOR_METHODS", "TENSOR_ATTRIBUTES",
+    "FUNCTIONS", "DTYPES", "to_dict", "to_json", "from_dict", "from_json", "run", "Limits",
+    "GuardedInterleaver",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import EnvoyAttributeError, InvokeError
 from ..graph import EMPTY, MODULE_VALUE_OPS, Graph, display_path
+from .guard import GuardedInterleaver, Limits
 
 if TYPE_CHECKING:
     from ..model import NNsightModel
@@ -15,12 +17,15 @@ __all__ = ["run"]
 
 
 def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Sequence[Sequence[Any]]] = None,
-        method: Optional[str] = None, **kwargs: Any) -> Dict[int, Any]:
+        method: Optional[str] = None, limits: Optional[Limits] = None, **kwargs: Any) -> Dict[int, Any]:
     """Run a graph (e.g. one :func:`from_json` loaded) on ``model``, as its trace would have.
 
     Each invoke's inputs are prepared and batched by the model's adapter, the
     graph's rows are set from them, and the model runs once with the graph
-    interleaved (hooks only for this call, removed also on error).
+    interleaved (hooks only for this call, removed also on error). The graph
+    runs under a :class:`~nnsight_core.serialize.guard.GuardedInterleaver`: it
+    reaches only the values it is given (no parameters, no autograd internals),
+    never writes into the model's weights, and stays within ``limits``.
 
     Args:
         model: A model wrapper with the module tree the graph was recorded on.
@@ -29,6 +34,7 @@ def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Seque
         invokes: For a graph of several invokes: one sequence of inputs per invoke,
             in order (as for ``tracer.invoke(*inputs)``).
         method: The wrapped module's method to run instead of ``forward`` (``"generate"``).
+        limits: The run's resource bounds (default: a :class:`~nnsight_core.serialize.guard.Limits` of defaults).
         **kwargs: Passed to the model call, as ``model.trace``'s keyword arguments.
 
     Returns:
@@ -39,6 +45,10 @@ def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Seque
         InvokeError: ``inputs`` and ``invokes`` both or neither given, or their
             number differs from the graph's invokes.
         EnvoyAttributeError: The graph names a module the model does not have.
+        GraphAccessError: A node reaches for an attribute, method or object a loaded
+            graph may not touch, or would write into the model's weights.
+        GraphLimitError: A node would exceed ``limits``; refused before it runs
+            where its size can be computed from its arguments.
 
     Example:
         >>> x1, x2 = torch.rand(1, 5), torch.rand(2, 5)
@@ -64,7 +74,8 @@ def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Seque
     graph.batch_size = sum(sizes)
     batched = model._batch_graph(graph, prepared, sizes, kwargs, method)
     try:
-        model.interleave(model._execute, graph, batched, method=method, **kwargs)
+        model.interleave(model._execute, graph, batched, method=method,
+                         interleaver_class=partial(GuardedInterleaver, limits=limits), **kwargs)
         return {node.index: node.value for node in graph.nodes if node.saved and node.value is not EMPTY}
     finally:
         graph.release()

@@ -82,8 +82,8 @@ from ..proxy import _BINARY, _COMPARISONS, _UNARY
 
 __all__ = [
     "FORMAT", "VERSION", "MAX_DOCUMENT_CHARS", "MAX_NODES", "MAX_DEPTH", "MAX_TENSOR_DIMS",
-    "MAX_TENSOR_ELEMENTS", "SERIALISABLE_OPS", "OPERATORS", "TENSOR_METHODS", "FUNCTIONS",
-    "DTYPES",
+    "MAX_TENSOR_ELEMENTS", "SERIALISABLE_OPS", "OPERATORS", "TENSOR_METHODS", "TENSOR_ATTRIBUTES",
+    "FUNCTIONS", "DTYPES",
 ]
 
 #: The ``format`` field of every document.
@@ -104,9 +104,11 @@ MAX_TENSOR_ELEMENTS = 2**20
 #: Python operators a node may name, with their number of arguments: the proxy's operator table.
 OPERATORS: Dict[str, int] = {**{name: 2 for name in _BINARY + _COMPARISONS}, **{name: 1 for name in _UNARY}}
 
-#: Tensor methods a ``call_method`` node may name. Excluded on purpose: methods that take
-#: a callable (``apply_``, ``map_``, ``register_hook``) and ``type``, which imports a class
-#: named by a string.
+#: Tensor methods a ``call_method`` node may name (run only on a tensor). Excluded on purpose:
+#: methods that take a callable (``apply_``, ``map_``, ``register_hook``), ``type``, which
+#: imports a class named by a string, and methods that hand out the tensor's memory or process
+#: state as other objects (``numpy``, ``storage``, ``untyped_storage``, ``data_ptr``,
+#: ``__reduce__``): a loaded graph holds tensors and plain values only.
 TENSOR_METHODS = frozenset(name for name in """
     abs abs_ absolute acos add add_ addmm all allclose amax amin any argmax argmin argsort asin atan
     backward baddbmm bfloat16 bmm bool byte ceil char chunk clamp clamp_ clamp_max clamp_min clip
@@ -118,13 +120,23 @@ TENSOR_METHODS = frozenset(name for name in """
     log_ log_softmax logical_and logical_not logical_or logical_xor logsumexp long lt masked_fill
     masked_fill_ masked_scatter masked_scatter_ masked_select matmul max maximum mean median min
     minimum mm movedim mul mul_ multinomial nan_to_num nanmean nansum narrow ne neg neg_ new_empty
-    new_full new_ones new_tensor new_zeros nonzero norm normal_ numel numpy outer permute pow pow_
+    new_full new_ones new_tensor new_zeros nonzero norm normal_ numel outer permute pow pow_
     prod reciprocal relu relu_ remainder repeat repeat_interleave requires_grad_ reshape reshape_as
     retain_grad roll round rsqrt scatter scatter_ scatter_add scatter_add_ select sigmoid sigmoid_
     sign sin sinh size softmax sort split sqrt sqrt_ square squeeze squeeze_ std sub sub_ sum
     swapaxes t t_ tan tanh tanh_ tile to tolist topk transpose transpose_ tril triu true_divide
     trunc type_as unbind unflatten uniform_ unique unsqueeze unsqueeze_ var view view_as where zero_
 """.split() if hasattr(torch.Tensor, name))
+
+#: Tensor attributes a ``getattr`` node may read on a tensor when the graph runs under
+#: :func:`~nnsight_core.serialize.run`; a model output (a dataclass or named tuple) allows its
+#: fields, any other value nothing (see :func:`~nnsight_core.serialize.guard.allowed_attributes`).
+#: Never reachable: ``data``, ``grad_fn``, ``_base`` and every other attribute that leads from a
+#: value to autograd's graph, the model's parameters or other objects.
+TENSOR_ATTRIBUTES = frozenset({
+    "shape", "dtype", "device", "ndim", "T", "mT", "H", "mH", "real", "imag", "grad", "is_cuda",
+    "requires_grad",
+})
 
 # Tensor dunders that __torch_function__ records for `tensor <op> proxy`, `tensor[i] = proxy`, ...
 _TENSOR_DUNDERS = """
