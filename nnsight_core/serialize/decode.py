@@ -43,6 +43,7 @@ def from_json(text: Union[str, bytes, bytearray], device: Union[str, torch.devic
             valid document; the message names the offending field.
 
     Example:
+        >>> from nnsight_core.serialize import to_json
         >>> with model.trace(x) as tracer:
         ...     hidden = model.layer1.output.save()
         >>> graph = from_json(to_json(tracer.graph))
@@ -83,6 +84,7 @@ def from_dict(document: Any, device: Union[str, torch.device, None] = None) -> G
         GraphFormatError: The document breaks the schema or a limit.
 
     Example:
+        >>> from nnsight_core.serialize import to_dict
         >>> with model.trace(x) as tracer:
         ...     hidden = model.layer1.output.save()
         >>> graph = from_dict(to_dict(tracer.graph))

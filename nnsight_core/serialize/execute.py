@@ -51,6 +51,7 @@ def run(model: NNsightModel, graph: Graph, *inputs: Any, invokes: Optional[Seque
             where its size can be computed from its arguments.
 
     Example:
+        >>> from nnsight_core.serialize import from_json, to_json
         >>> x1, x2 = torch.rand(1, 5), torch.rand(2, 5)
         >>> with model.trace() as tracer:
         ...     with tracer.invoke(x1):

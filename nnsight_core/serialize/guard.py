@@ -29,9 +29,9 @@ hooks are removed as after any error.
 Example:
     >>> from nnsight_core.serialize import from_json, run, to_json
     >>> with model.trace(x) as tracer:
-    ...     model.layer1.output.sum().save()
+    ...     total = model.layer1.output.sum().save()
     >>> graph = from_json(to_json(tracer.graph))
-    >>> _ = run(model, graph, x, limits=Limits(max_elements_per_tensor=1_000))
+    >>> saved = run(model, graph, x, limits=Limits(max_elements_per_tensor=1_000))
     >>> allowed_attributes(torch.zeros(1)) == TENSOR_ATTRIBUTES
     True
 
@@ -155,12 +155,12 @@ class GuardedInterleaver(Interleaver):
     Example:
         >>> from nnsight_core.serialize import from_json, to_json
         >>> with model.trace(x) as tracer:
-        ...     model.layer1.output.save()
+        ...     total = model.layer1.output.sum().save()
         >>> graph = from_json(to_json(tracer.graph))
         >>> with GuardedInterleaver(graph, net, limits=Limits()) as interleaver:
-        ...     _ = net(x)
-        >>> interleaver.ops
-        1
+        ...     out = net(x)
+        >>> interleaver.ops                       # the sum and the save
+        2
 
     Attributes:
         limits: The run's :class:`Limits`.
@@ -250,6 +250,10 @@ class GuardedInterleaver(Interleaver):
         value = super().call_module(node, args, kwargs)
         self._account(node, value, (args, kwargs))
         return value
+
+    def save(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        self._count(node)
+        return super().save(node, args, kwargs)
 
     def apply(self, node: Node, args: tuple, kwargs: dict) -> Any:
         raise GraphAccessError(f"{_label(node)} calls a Python function (tracer.apply); run() executes "

@@ -1,24 +1,13 @@
-"""A graph as JSON and back: data only, no pickle, no code, no import paths.
+"""The document format of :mod:`nnsight_core.serialize`: its schema, limits and vocabulary tables.
 
-:func:`to_json` writes a :class:`~nnsight_core.graph.Graph` as a JSON document
-of the closed operation vocabulary (:data:`~nnsight_core.graph.OPS`, all of it
-but ``apply``, which runs a Python function: :data:`SERIALISABLE_OPS`) and
-plain values; :func:`from_json` checks a whole document against the schema
-below before it builds anything, and rebuilds the graph. Every callable a document can name is
-looked up in a fixed table built when this module is imported: the proxy's
-Python operators (:data:`OPERATORS`), tensor methods (:data:`TENSOR_METHODS`)
-and functions of ``torch``, ``torch.Tensor`` and ``torch.nn.functional``
-(:data:`FUNCTIONS`). Loading never imports a module, evaluates text or
-unpickles bytes. :func:`run` executes a (loaded) graph on a model.
-
-Example:
-    >>> with model.trace(x) as tracer:
-    ...     hidden = model.layer1.output.save()
-    >>> text = tracer.graph.to_json()
-    >>> graph = Graph.from_json(text)
-    >>> saved = run(model, graph, x)        # {save node index: value}
-    >>> torch.equal(saved[hidden.node.index], hidden.value)
-    True
+A document holds the closed operation vocabulary (:data:`~nnsight_core.graph.OPS`,
+all of it but ``apply``, which runs a Python function: :data:`SERIALISABLE_OPS`)
+and plain values. Every callable a document can name is looked up in a fixed
+table built when this module is imported: the proxy's Python operators
+(:data:`OPERATORS`), tensor methods (:data:`TENSOR_METHODS`) and functions of
+``torch``, ``torch.Tensor`` and ``torch.nn.functional`` (:data:`FUNCTIONS`).
+The writer (:mod:`~nnsight_core.serialize.encode`) and the reader
+(:mod:`~nnsight_core.serialize.decode`) share the checks defined here.
 
 The document (version 1)::
 
@@ -64,8 +53,21 @@ tensor, and a tensor on another device is loaded on the CPU (or on
 
 What a document may not do is bounded by :data:`MAX_DOCUMENT_CHARS`,
 :data:`MAX_NODES`, :data:`MAX_DEPTH`, :data:`MAX_TENSOR_DIMS` and
-:data:`MAX_TENSOR_ELEMENTS`; :func:`to_json` refuses a graph that
-:func:`from_json` would refuse. A node's source location is not stored.
+:data:`MAX_TENSOR_ELEMENTS`; :func:`~nnsight_core.serialize.to_json` refuses a
+graph that :func:`~nnsight_core.serialize.from_json` would refuse. A node's
+source location is not stored.
+
+What a loaded graph may reach is decided when it runs, by the value each node
+gets (:mod:`nnsight_core.serialize.guard`, used by
+:func:`~nnsight_core.serialize.run`): a ``getattr`` node reads
+:data:`TENSOR_ATTRIBUTES` of a tensor, the declared fields of a model output (a
+dataclass such as ``ModelOutput`` / ``BaseOutput``, or a named tuple such as
+``torch.return_types.max``) and nothing of any other object; a ``call_method``
+node calls a name of :data:`TENSOR_METHODS` on a tensor only; ``getitem`` /
+``setitem`` index tensors, tuples, lists and mappings; ``operator`` takes
+tensors, numbers, strings, tuples and lists. No node writes into storage of the
+model's parameters or buffers, and every node stays within the run's
+:class:`~nnsight_core.serialize.guard.Limits`.
 """
 
 from __future__ import annotations
