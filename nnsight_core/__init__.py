@@ -10,7 +10,7 @@ from __future__ import annotations
 from .cache import Cache, CacheEntry
 from .envoy import Envoy
 from .errors import (AdapterNotFoundError, AssignmentError, BatchError, CacheError, CacheKeyError,
-                     EnvoyAttributeError, GraphFormatError,
+                     EnvoyAttributeError, GraphAccessError, GraphFormatError, GraphLimitError,
                      GradientError, GraphvizNotFoundError,
                      ImageFormatError, InputError, InterventionError, InvokeError, MissedCallError,
                      ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError,
@@ -41,7 +41,9 @@ __all__ = [
     "EnvoyAttributeError",
     "Graph",
     "GradientError",
+    "GraphAccessError",
     "GraphFormatError",
+    "GraphLimitError",
     "GraphvizNotFoundError",
     "ImageFormatError",
     "InputError",

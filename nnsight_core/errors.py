@@ -30,6 +30,8 @@ __all__ = [
     "ImageFormatError",
     "PluginLoadError",
     "GraphFormatError",
+    "GraphAccessError",
+    "GraphLimitError",
     "CacheError",
     "CacheKeyError",
     "GradientError",
@@ -123,6 +125,14 @@ class PluginLoadError(NNsightError, ImportError):
 
 class GraphFormatError(NNsightError, ValueError):
     """Raised when a graph cannot be written as JSON, or a JSON document is not a valid graph."""
+
+
+class GraphAccessError(GraphFormatError):
+    """Raised when a graph run by ``serialize.run`` reaches for an attribute, method or object a loaded graph may not touch."""
+
+
+class GraphLimitError(GraphFormatError):
+    """Raised when a graph run by ``serialize.run`` would exceed one of its resource ``Limits``."""
 
 
 class GradientError(NNsightError, RuntimeError):

@@ -262,7 +262,8 @@ class NNsightModel:
         return self._interleave(fn, inputs, kwargs, intervention_graph, None)
 
     def run_graph(self, graph: Graph, *inputs: Any, invokes: Optional[Sequence[Any]] = None,
-                  method: Optional[str] = None, executor: type = Interleaver, **kwargs: Any) -> Dict[int, Any]:
+                  method: Optional[str] = None, executor: Callable[..., Interleaver] = Interleaver,
+                  **kwargs: Any) -> Dict[int, Any]:
         """Run a recorded (or loaded) graph on new inputs, as its trace would have; return its saved values.
 
         The graph is structure only, so it can run any number of times, also from
@@ -284,8 +285,9 @@ class NNsightModel:
                 a tuple of its inputs (as for ``tracer.invoke(*inputs)``) or a single input.
             method: What to run instead of the forward pass (``"generate"``), as the
                 adapter's ``nnsight_execute`` knows it.
-            executor: The :class:`~nnsight_core.interleaver.Interleaver` class that runs the
-                graph (a subclass can check or restrict operations).
+            executor: The :class:`~nnsight_core.interleaver.Interleaver` class (or a factory
+                taking its arguments) that runs the graph: a subclass can check or restrict
+                operations, as :func:`nnsight_core.serialize.run`'s guarded one does.
             **kwargs: Passed to execution, as ``model.trace``'s keyword arguments.
 
         Returns:
@@ -343,7 +345,7 @@ class NNsightModel:
     def _interleave_graph(self, graph: Graph, batched: Any, batch: Optional[Batch], method: Optional[str],
                           kwargs: Dict[str, Any], keep: bool = False,
                           finish: Optional[Callable[[Interleaver], None]] = None,
-                          executor: type = Interleaver) -> Any:
+                          executor: Callable[..., Interleaver] = Interleaver) -> Any:
         """Execute the model on ``batched`` with ``graph`` interleaved; ``finish`` gets the
         Interleaver once the run ends (also after an error), to take its results."""
         return self._interleave(self._execute, (batched,), dict(kwargs, method=method), graph, batch,
@@ -352,7 +354,7 @@ class NNsightModel:
     def _interleave(self, fn: Callable[..., Any], inputs: Tuple[Any, ...], kwargs: Dict[str, Any],
                     graph: Graph, batch: Optional[Batch], keep: bool = False,
                     finish: Optional[Callable[[Interleaver], None]] = None,
-                    executor: type = Interleaver) -> Any:
+                    executor: Callable[..., Interleaver] = Interleaver) -> Any:
         with self._lock:
             if not self.dispatched:
                 self.dispatch_model()

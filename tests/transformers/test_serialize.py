@@ -4,10 +4,11 @@ Expected values come from the plain Hugging Face copy run on each prompt alone, 
 ``register_forward_hook`` hooks for the edits.
 """
 
+import pytest
 import torch
 
-from nnsight_core import Graph
-from nnsight_core.serialize import run
+from nnsight_core import Graph, GraphAccessError
+from nnsight_core.serialize import from_dict, run
 from nnsight_core.testing import hook_count
 
 from tests.helpers import LONG, SHORT, capture, raw_hooks
@@ -71,3 +72,70 @@ def test_a_loaded_generation_graph_runs_the_same(gpt2):
         assert torch.equal(saved[proxy.node.index], proxy.value)
     assert torch.equal(saved[ids.node.index], expected)
     assert torch.equal(saved[first.node.index], expected[:, gpt2.ids(LONG).shape[1]])
+
+
+# -- what a loaded graph may reach on a language model -----------------------------------------
+
+
+def _document(*nodes):
+    return {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1]], "nodes": list(nodes)}
+
+
+def _run_refused(gpt2, document, match):
+    """``document`` is refused on a fresh LanguageModel, which keeps its weights and no hook."""
+    from nnsight_transformers import LanguageModel
+
+    lm = LanguageModel(gpt2.folder)
+    lm.dispatch_model()
+    before = {name: value.clone() for name, value in lm._model.state_dict().items()}
+    with pytest.raises(GraphAccessError, match=match):
+        run(lm, from_dict(document), SHORT)
+    assert hook_count(lm._model) == 0
+    for name, value in lm._model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    with torch.no_grad(), lm.trace(SHORT):
+        logits = lm.output.logits.save()
+    torch.testing.assert_close(logits.value, gpt2.logits(gpt2.ids(SHORT)), rtol=0, atol=ATOL)
+
+
+ROOT = {"op": "output", "target": ["", 0], "invoke": 0}
+LAYER_INPUTS = {"op": "inputs", "target": ["transformer.h.0", 0], "invoke": 0}
+
+
+def _get(i, name):
+    return {"op": "getattr", "target": name, "args": [{"node": i}]}
+
+
+def _item(i, key):
+    return {"op": "getitem", "args": [{"node": i}, key]}
+
+
+@pytest.mark.parametrize("nodes, match", [
+    ([ROOT, _get(0, "cache"), _get(1, "layers")], r"reads the attribute 'layers' of a transformers\..*Cache"),
+    ([ROOT, _get(0, "cache"), _get(1, "key_cache")], r"attribute 'key_cache' of a .*Cache.*no attributes"),
+    ([ROOT, _get(0, "cache"), {"op": "call_method", "target": "to", "args": [{"node": 1}, "cpu"]}],
+     r"calls the method 'to' on a .*Cache: a loaded graph calls methods on tensors only"),
+    ([ROOT, _get(0, "cache"), _item(1, 0)], r"tries to index a .*Cache"),
+    ([ROOT, _get(0, "config")], r"attribute 'config' of a .*CausalLMOutput.*may read only .*cache, .*logits"),
+    ([ROOT, _get(0, "logits"), _get(1, "grad_fn")], r"attribute 'grad_fn' of a torch\.Tensor"),
+    ([LAYER_INPUTS, _item(0, 0), _item(1, 1), _get(2, "layers")], r"attribute 'layers' of a .*Cache"),
+    ([LAYER_INPUTS, _item(0, 0), _item(1, 1), {"op": "call_method", "target": "numel", "args": [{"node": 2}]}],
+     r"calls the method 'numel' on a .*Cache"),
+], ids=["cache layers", "cache key_cache", "cache method", "cache index", "output config", "logits grad_fn",
+        "layer kwargs cache", "layer kwargs cache method"])
+def test_a_loaded_graph_cannot_reach_past_its_values(gpt2, nodes, match):
+    _run_refused(gpt2, _document(*nodes, {"op": "save", "args": [{"node": len(nodes) - 1}]}), match)
+
+
+def test_a_loaded_graph_reads_model_output_fields(gpt2):
+    from nnsight_transformers import LanguageModel
+
+    document = _document(ROOT, _get(0, "logits"), {"op": "save", "args": [{"node": 1}]}, _item(0, "logits"),
+                         _item(3, {"tuple": [{"slice": [None, None, None]}, -1]}),
+                         {"op": "save", "args": [{"node": 4}]}, _get(1, "shape"), {"op": "save", "args": [{"node": 6}]})
+    with torch.no_grad():
+        saved = run(LanguageModel(gpt2.folder), from_dict(document), SHORT)
+    expected = gpt2.logits(gpt2.ids(SHORT))
+    torch.testing.assert_close(saved[2], expected, rtol=0, atol=ATOL)
+    torch.testing.assert_close(saved[5], expected[:, -1], rtol=0, atol=ATOL)
+    assert saved[7] == expected.shape
