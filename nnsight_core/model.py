@@ -368,7 +368,10 @@ class NNsightModel:
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, torch.nn.Module) and not name.startswith("_"):
+        if "_envoy" not in self.__dict__:
+            # A subclass setting attributes before super().__init__(): no module to route them to yet.
+            object.__setattr__(self, name, value)
+        elif isinstance(value, torch.nn.Module) and not name.startswith("_"):
             # Adding or replacing a submodule goes to the wrapped module.
             setattr(self._envoy, name, value)
             self.__dict__.pop(name, None)

@@ -20,6 +20,8 @@ from .scan import metadata
 
 __all__ = ["Proxy", "InterventionProxy", "apply_op"]
 
+_NUMBER_INSTEAD = ("`proxy.item()` (recorded: a proxy of the number) or `proxy.float()` / `proxy.long()` "
+                   "(a proxy of the tensor)")
 _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_",
            "xor", "lshift", "rshift")
 _COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
@@ -232,6 +234,20 @@ class Proxy:
 
     def __iter__(self):
         return iter(self._concrete("iterating over a proxy", "index it (`proxy[0]`, `proxy[:, i]`) or unbind it (`proxy.unbind(0)`)"))
+
+    def __float__(self) -> float:
+        return float(self._concrete("float(proxy)", _NUMBER_INSTEAD))
+
+    def __int__(self) -> int:
+        return int(self._concrete("int(proxy)", _NUMBER_INSTEAD))
+
+    def __complex__(self) -> complex:
+        return complex(self._concrete("complex(proxy)", _NUMBER_INSTEAD))
+
+    def __index__(self) -> int:
+        return operator.index(self._concrete("using a proxy as an integer (operator.index)",
+                                             "it to index a proxy or tensor (`hidden[:, proxy]` is recorded), "
+                                             "proxy.shape[...] for a size"))
 
     def _concrete(self, what: str, instead: str) -> Any:
         node = self.node
