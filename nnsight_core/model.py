@@ -32,6 +32,12 @@ _MODULE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MODULE_LOCKS_GUARD = threading.Lock()
 
 
+# Loading (``nnsight_load``, meta skeleton or real weights) runs in one thread at a time, process-wide:
+# frameworks' loaders are not thread-safe (transformers' from_pretrained and accelerate's
+# init_empty_weights patch torch globally while they run), so concurrent loads give wrong weights.
+_LOAD_LOCK = threading.RLock()
+
+
 def _module_lock(module: torch.nn.Module) -> threading.RLock:
     """The execution lock of ``module``, the same object for every wrapper of it."""
     with _MODULE_LOCKS_GUARD:
@@ -82,8 +88,9 @@ class NNsightModel:
             d["_model"] = model_key
             d["dispatched"] = True
         else:
-            d["_model"] = call_hook("nnsight_load", model=self, model_key=model_key, args=args,
-                                    kwargs=kwargs, meta=True)
+            with _LOAD_LOCK:
+                d["_model"] = call_hook("nnsight_load", model=self, model_key=model_key, args=args,
+                                        kwargs=kwargs, meta=True)
             d["dispatched"] = False
         d["_envoy"] = Envoy(self._model, "", self)
         if dispatch and not self.dispatched:
@@ -263,14 +270,21 @@ class NNsightModel:
         return {}
 
     def dispatch_model(self, *args: Any, **kwargs: Any) -> None:
-        """Load real weights into a wrapper built from a key (no-op once dispatched)."""
+        """Load real weights into a wrapper built from a key (no-op once dispatched).
+
+        Loads run one at a time in the process (frameworks' loaders are not
+        thread-safe); a thread that finds the weights loaded meanwhile does nothing.
+        """
         if self.dispatched:
             return
-        module = call_hook("nnsight_load", model=self, model_key=self.model_key,
-                           args=self.args + args, kwargs={**self.kwargs, **kwargs}, meta=False)
-        self.__dict__["_model"] = module
-        self.__dict__["dispatched"] = True
-        self._rebind(module)
+        with _LOAD_LOCK:
+            if self.dispatched:
+                return
+            module = call_hook("nnsight_load", model=self, model_key=self.model_key,
+                               args=self.args + args, kwargs={**self.kwargs, **kwargs}, meta=False)
+            self.__dict__["_model"] = module
+            self.__dict__["dispatched"] = True
+            self._rebind(module)
 
     def to(self, *args: Any, **kwargs: Any) -> NNsightModel:
         """Move or cast the wrapped module like ``torch.nn.Module.to``; returns the wrapper."""

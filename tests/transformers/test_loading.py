@@ -1,5 +1,7 @@
 """Meta loading (no weights read until dispatch), dispatch, repr and the tokenizer set-up."""
 
+import threading
+
 import pytest
 import torch
 import transformers.modeling_layers
@@ -163,3 +165,37 @@ def test_an_existing_pad_token_is_kept(tiny):
     n = tiny.ids(SHORT).shape[1]
     torch.testing.assert_close(tracer.output.logits[:1, -n:], tiny.logits(tiny.ids(SHORT)),
                                rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("built_in", ["main thread", "each thread"])
+def test_wrappers_loading_in_several_threads_at_once_load_the_right_weights(tiny, built_in):
+    # transformers' loading is not thread-safe (plain from_pretrained from several threads at once
+    # gives wrongly initialised models), so the expected values come from tiny.hf, loaded alone in
+    # the main thread; the wrappers' skeleton builds and loads are serialised process-wide.
+    threads = 4
+    models = [LanguageModel(tiny.folder) for _ in range(threads)] if built_in == "main thread" else [None] * threads
+    prompts = [SHORT, LONG, SHORT, LONG]
+    results, errors = [None] * threads, []
+    barrier = threading.Barrier(threads)
+
+    def work(i):
+        try:
+            barrier.wait()
+            if models[i] is None:
+                models[i] = LanguageModel(tiny.folder)
+            with torch.no_grad(), models[i].trace(prompts[i]):
+                results[i] = models[i].lm_head.output.save()
+        except BaseException as error:  # noqa: BLE001 - reported below, in the main thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    for model, prompt, result in zip(models, prompts, results):
+        assert model.dispatched and devices(model) == {"cpu"}
+        torch.testing.assert_close(result.value, tiny.logits(tiny.ids(prompt)), rtol=0, atol=1e-5)
+        for name, param in tiny.hf.state_dict().items():
+            torch.testing.assert_close(model._model.state_dict()[name], param, rtol=0, atol=0, msg=name)
