@@ -75,6 +75,8 @@ class NNsightModel:
     proxy_class: type = InterventionProxy
     #: Graphs of the persistent edits every trace applies (see :meth:`edit`); set per instance.
     _edits: Tuple[Graph, ...] = ()
+    #: ``.to()`` calls made before dispatch, applied in order once the weights are loaded.
+    _pending_to: Tuple[Tuple[tuple, dict], ...] = ()
 
     def __init__(self, model_key: Any, *args: Any, dispatch: bool = False, **kwargs: Any) -> None:
         d = self.__dict__
@@ -282,13 +284,36 @@ class NNsightModel:
                 return
             module = call_hook("nnsight_load", model=self, model_key=self.model_key,
                                args=self.args + args, kwargs={**self.kwargs, **kwargs}, meta=False)
+            for to_args, to_kwargs in self.__dict__.pop("_pending_to", ()):
+                module = module.to(*to_args, **to_kwargs)
             self.__dict__["_model"] = module
             self.__dict__["dispatched"] = True
             self._rebind(module)
 
     def to(self, *args: Any, **kwargs: Any) -> NNsightModel:
-        """Move or cast the wrapped module like ``torch.nn.Module.to``; returns the wrapper."""
-        self.__dict__["_model"] = self._model.to(*args, **kwargs)
+        """Move or cast the wrapped module like ``torch.nn.Module.to``; returns the wrapper.
+
+        On a wrapper that has not loaded its weights yet, the call is remembered
+        and applied, in order with other such calls, right after
+        :meth:`dispatch_model` loads them; meanwhile the meta skeleton takes the
+        dtype (so a scan reports it) and stays on the meta device.
+
+        Example:
+            >>> model.to(torch.float64) is model
+            True
+            >>> with model.trace(x.double()):
+            ...     out = model.output.save()
+            >>> out.value.dtype
+            torch.float64
+        """
+        with _LOAD_LOCK:  # not half-way through another thread's dispatch
+            if not self.dispatched:
+                dtype = torch._C._nn._parse_to(*args, **kwargs)[1]  # validates the arguments too
+                if dtype is not None:
+                    self._model.to(dtype)  # a meta skeleton cannot move, but can change dtype
+                self.__dict__["_pending_to"] = self._pending_to + ((args, kwargs),)
+            else:
+                self.__dict__["_model"] = self._model.to(*args, **kwargs)
         self._rebind(self._model)
         return self
 
