@@ -306,14 +306,16 @@ class NNsightModel:
             >>> out.value.dtype
             torch.float64
         """
-        with _LOAD_LOCK:  # not half-way through another thread's dispatch
-            if not self.dispatched:
-                dtype = torch._C._nn._parse_to(*args, **kwargs)[1]  # validates the arguments too
-                if dtype is not None:
-                    self._model.to(dtype)  # a meta skeleton cannot move, but can change dtype
-                self.__dict__["_pending_to"] = self._pending_to + ((args, kwargs),)
-            else:
-                self.__dict__["_model"] = self._model.to(*args, **kwargs)
+        if not self.dispatched:
+            with _LOAD_LOCK:  # not half-way through another thread's dispatch
+                if not self.dispatched:
+                    dtype = torch._C._nn._parse_to(*args, **kwargs)[1]  # validates the arguments too
+                    if dtype is not None:
+                        self._model.to(dtype)  # a meta skeleton cannot move, but can change dtype
+                    self.__dict__["_pending_to"] = self._pending_to + ((args, kwargs),)
+                    self._rebind(self._model)
+                    return self
+        self.__dict__["_model"] = self._model.to(*args, **kwargs)
         self._rebind(self._model)
         return self
 

@@ -222,7 +222,7 @@ def test_wrappers_loading_in_several_threads_at_once_load_the_right_weights(tiny
     # gives wrongly initialised models), so the expected values come from tiny.hf, loaded alone in
     # the main thread; the wrappers' skeleton builds and loads are serialised process-wide.
     threads = 4
-    models = [LanguageModel(tiny.folder) for _ in range(threads)] if built_in == "main thread" else [None] * threads
+    models = [LanguageModel(tiny.folder) if built_in == "main thread" else None for _ in range(threads)]
     prompts = [SHORT, LONG, SHORT, LONG]
     results, errors = [None] * threads, []
     barrier = threading.Barrier(threads)
