@@ -32,6 +32,12 @@ _MODULE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MODULE_LOCKS_GUARD = threading.Lock()
 
 
+# Loading (``nnsight_load``, meta skeleton or real weights) runs in one thread at a time, process-wide:
+# frameworks' loaders are not thread-safe (transformers' from_pretrained and accelerate's
+# init_empty_weights patch torch globally while they run), so concurrent loads give wrong weights.
+_LOAD_LOCK = threading.RLock()
+
+
 def _module_lock(module: torch.nn.Module) -> threading.RLock:
     """The execution lock of ``module``, the same object for every wrapper of it."""
     with _MODULE_LOCKS_GUARD:
@@ -79,6 +85,8 @@ class NNsightModel:
     proxy_class: type = InterventionProxy
     #: Graphs of the persistent edits every trace applies (see :meth:`edit`); set per instance.
     _edits: Tuple[Graph, ...] = ()
+    #: ``.to()`` calls made before dispatch, applied in order once the weights are loaded.
+    _pending_to: Tuple[Tuple[tuple, dict], ...] = ()
 
     def __init__(self, model_key: Any, *args: Any, dispatch: bool = False, **kwargs: Any) -> None:
         d = self.__dict__
@@ -92,8 +100,9 @@ class NNsightModel:
             d["_model"] = model_key
             d["dispatched"] = True
         else:
-            d["_model"] = call_hook("nnsight_load", model=self, model_key=model_key, args=args,
-                                    kwargs=kwargs, meta=True)
+            with _LOAD_LOCK:
+                d["_model"] = call_hook("nnsight_load", model=self, model_key=model_key, args=args,
+                                        kwargs=kwargs, meta=True)
             d["dispatched"] = False
         d["_envoy"] = Envoy(self._model, "", self)
         if dispatch and not self.dispatched:
@@ -399,17 +408,49 @@ class NNsightModel:
         return {}
 
     def dispatch_model(self, *args: Any, **kwargs: Any) -> None:
-        """Load real weights into a wrapper built from a key (no-op once dispatched)."""
+        """Load real weights into a wrapper built from a key (no-op once dispatched).
+
+        Loads run one at a time in the process (frameworks' loaders are not
+        thread-safe); a thread that finds the weights loaded meanwhile does nothing.
+        """
         if self.dispatched:
             return
-        module = call_hook("nnsight_load", model=self, model_key=self.model_key,
-                           args=self.args + args, kwargs={**self.kwargs, **kwargs}, meta=False)
-        self.__dict__["_model"] = module
-        self.__dict__["dispatched"] = True
-        self._rebind(module)
+        with _LOAD_LOCK:
+            if self.dispatched:
+                return
+            module = call_hook("nnsight_load", model=self, model_key=self.model_key,
+                               args=self.args + args, kwargs={**self.kwargs, **kwargs}, meta=False)
+            for to_args, to_kwargs in self.__dict__.pop("_pending_to", ()):
+                module = module.to(*to_args, **to_kwargs)
+            self.__dict__["_model"] = module
+            self.__dict__["dispatched"] = True
+            self._rebind(module)
 
     def to(self, *args: Any, **kwargs: Any) -> NNsightModel:
-        """Move or cast the wrapped module like ``torch.nn.Module.to``; returns the wrapper."""
+        """Move or cast the wrapped module like ``torch.nn.Module.to``; returns the wrapper.
+
+        On a wrapper that has not loaded its weights yet, the call is remembered
+        and applied, in order with other such calls, right after
+        :meth:`dispatch_model` loads them; meanwhile the meta skeleton takes the
+        dtype (so a scan reports it) and stays on the meta device.
+
+        Example:
+            >>> model.to(torch.float64) is model
+            True
+            >>> with model.trace(x.double()):
+            ...     out = model.output.save()
+            >>> out.value.dtype
+            torch.float64
+        """
+        if not self.dispatched:
+            with _LOAD_LOCK:  # not half-way through another thread's dispatch
+                if not self.dispatched:
+                    dtype = torch._C._nn._parse_to(*args, **kwargs)[1]  # validates the arguments too
+                    if dtype is not None:
+                        self._model.to(dtype)  # a meta skeleton cannot move, but can change dtype
+                    self.__dict__["_pending_to"] = self._pending_to + ((args, kwargs),)
+                    self._rebind(self._model)
+                    return self
         self.__dict__["_model"] = self._model.to(*args, **kwargs)
         self._rebind(self._model)
         return self
@@ -508,7 +549,10 @@ class NNsightModel:
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, torch.nn.Module) and not name.startswith("_"):
+        if "_envoy" not in self.__dict__:
+            # A subclass setting attributes before super().__init__(): no module to route them to yet.
+            object.__setattr__(self, name, value)
+        elif isinstance(value, torch.nn.Module) and not name.startswith("_"):
             # Adding or replacing a submodule goes to the wrapped module.
             setattr(self._envoy, name, value)
             self.__dict__.pop(name, None)

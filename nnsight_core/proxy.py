@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Proxy", "InterventionProxy", "TraceState", "apply_op", "OPERATORS"]
 
+_NUMBER_INSTEAD = ("`proxy.item()` (recorded: a proxy of the number) or `proxy.float()` / `proxy.long()` "
+                   "(a proxy of the tensor)")
 _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_",
            "xor", "lshift", "rshift")
 _COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
@@ -290,6 +292,20 @@ class Proxy:
 
     def __iter__(self):
         return iter(self._concrete("iterating over a proxy", "index it (`proxy[0]`, `proxy[:, i]`) or unbind it (`proxy.unbind(0)`)"))
+
+    def __float__(self) -> float:
+        return float(self._concrete("float(proxy)", _NUMBER_INSTEAD))
+
+    def __int__(self) -> int:
+        return int(self._concrete("int(proxy)", _NUMBER_INSTEAD))
+
+    def __complex__(self) -> complex:
+        return complex(self._concrete("complex(proxy)", _NUMBER_INSTEAD))
+
+    def __index__(self) -> int:
+        return operator.index(self._concrete("using a proxy as an integer (operator.index)",
+                                             "it to index a proxy or tensor (`hidden[:, proxy]` is recorded), "
+                                             "proxy.shape[...] for a size"))
 
     def _concrete(self, what: str, instead: str) -> Any:
         node = self.node

@@ -1,6 +1,7 @@
 """Core behaviour independent of a particular adapter: graph, proxies, plugins, imports."""
 
 import inspect
+import operator
 import subprocess
 import sys
 import textwrap
@@ -70,6 +71,55 @@ def test_control_flow_on_a_proxy_raises_with_the_alternative():
     assert len(saved) == 1
     assert [row.shape for row in saved] == [torch.Size([10])]
     assert bool(saved.sum() == saved.value.sum())
+
+
+@pytest.mark.parametrize("convert, name", [(float, "float(proxy)"), (int, "int(proxy)"),
+                                           (complex, "complex(proxy)"),
+                                           (operator.index, "as an integer (operator.index)")],
+                         ids=["float", "int", "complex", "index"])
+def test_number_conversion_of_a_proxy_raises_with_the_alternative(convert, name):
+    net = make_net()
+    model = NNsight(net)
+    x = torch.rand(1, 5)
+    with torch.no_grad(), model.trace(x):
+        first = model.layer2.output[0, 0]
+        count = (model.layer2.output[0, 0] > -1e9).long()
+        with pytest.raises(ProxyControlFlowError) as info:
+            convert(count if convert is operator.index else first)
+        message = str(info.value)
+        assert name in message and "model.layer2.output" in message, message
+        assert ("proxy[" in message or "hidden[" in message) if convert is operator.index else "item()" in message
+        with pytest.raises(TypeError):  # still a TypeError, for code that probes with try/except
+            convert(first)
+        first, count = first.save(), count.save()
+    # After the trace a saved proxy converts like its value (plain PyTorch).
+    with torch.no_grad():
+        plain = net(x)[0, 0]
+    if convert is operator.index:
+        assert operator.index(count) == operator.index((plain > -1e9).long()) == 1
+        assert [10, 20][count] == 20
+    else:
+        assert convert(first) == convert(plain)
+        assert type(convert(first)) is convert
+
+
+def test_a_subclass_may_set_attributes_before_super_init():
+    class Wrapper(NNsight):
+        def __init__(self, module, scale):
+            self.scale = scale                       # before the envoy exists
+            self.extra = torch.nn.Identity()         # even a module: a plain attribute then
+            super().__init__(module)
+            self.after = scale * 2
+
+    net = make_net()
+    model = Wrapper(net, 3)
+    assert (model.scale, model.after) == (3, 6) and isinstance(model.extra, torch.nn.Identity)
+    assert not hasattr(net, "scale") and not hasattr(net, "extra")
+    x = torch.rand(1, 5)
+    with torch.no_grad(), model.trace(x):
+        out = model.layer2.output.save()
+    with torch.no_grad():
+        torch.testing.assert_close(out.value, net(x), rtol=0, atol=0)
 
 
 def test_value_of_a_failed_trace_says_so():

@@ -446,6 +446,14 @@ def nnsight_if_on_proxy(model):
             pass
 
 
+@case("NNsight", "A number conversion of a proxy (float(), int())", ProxyControlFlowError,
+      r"float\(proxy\) on .*model\.layer2\.output.*proxy\.item\(\)")
+def nnsight_float_of_proxy(model):
+    with model.trace(X):
+        scale = float(model.layer2.output.sum())
+        model.layer1.output[:] = model.layer1.output * scale
+
+
 @case("NNsight", "Calling a module value", ProxyCallError,
       r"model\.layer1\.output \(call 0, invoke 0\) is not callable inside a trace")
 def nnsight_call_a_value(model):

@@ -182,6 +182,19 @@ def test_keyword_argument_the_module_ignores_raises():
             pass
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_keyword_argument_a_language_models_kwargs_would_swallow_raises(checkpoints, arch):
+    # Llama's forward takes **kwargs: Unpack[TransformersKwargs], GPT-2's an unannotated **kwargs.
+    model = make_subject(arch, checkpoints).make()
+    cls = type(model._model).__name__
+    with pytest.raises(InputError, match=rf"{cls}\.forward\(\) takes no keyword argument 'foo'"):
+        with model.trace(PROMPT, foo=1):
+            model.lm_head.output.save()
+    with pytest.raises(InputError, match=rf"{cls}\.generate\(\) takes no keyword argument 'foo'"):
+        with model.generate(PROMPT, max_new_tokens=2, foo=1):
+            model.lm_head.output.save()
+
+
 # -- writes to values that are not part of the batch -------------------------------------------------------
 
 

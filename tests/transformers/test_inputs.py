@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import BatchEncoding
+from transformers import AutoModelForCausalLM, BatchEncoding
 
 from nnsight_core import InputError
 
@@ -197,3 +197,65 @@ def test_an_empty_prompt_among_prompts_is_refused(lm):
 def test_invoke_kwargs_cannot_change_padding_side_or_tensor_type(lm):
     with pytest.raises(InputError, match="padding_side"), lm.trace("Paris", invoker_args={"return_tensors": "np"}):
         pass
+
+
+# -- keyword arguments of trace() and generate() -----------------------------------------------------
+
+
+def test_an_unknown_trace_keyword_raises_input_error_naming_it(lm, tiny):
+    if tiny.arch == "llama":
+        tiny.logits(tiny.ids(SHORT), foo=1)   # plain HF swallows it: **kwargs: Unpack[TransformersKwargs]
+    cls = type(tiny.hf).__name__
+    with pytest.raises(InputError) as info, lm.trace(SHORT, foo=1):
+        lm.lm_head.output.save()
+    message = str(info.value)
+    assert f"{cls}.forward() takes no keyword argument 'foo' (given to trace())" in message, message
+    assert all(name in message for name in ("input_ids", "use_cache", "output_hidden_states", "labels"))
+    with pytest.raises(InputError, match="Did you mean 'output_hidden_states'"), \
+            lm.trace(SHORT, output_hiden_states=True):
+        pass
+    # No stale state: the next trace equals plain HF.
+    torch.testing.assert_close(trace_logits(lm, SHORT), tiny.logits(tiny.ids(SHORT)), rtol=0, atol=ATOL)
+
+
+def test_keywords_forward_takes_named_or_through_its_kwargs_still_work(lm, tiny):
+    ids = tiny.ids(LONG)
+    # transformers hooks a model for good on its first output_hidden_states=True: not on tiny.hf.
+    hf = AutoModelForCausalLM.from_pretrained(tiny.folder).eval()
+    with torch.no_grad():
+        plain = hf(input_ids=ids, output_hidden_states=True, labels=ids)
+        plain_tuple = hf(input_ids=ids, return_dict=False, logits_to_keep=1)
+    with torch.no_grad(), lm.trace(LONG, output_hidden_states=True, labels=ids) as tracer:
+        pass
+    out = tracer.output
+    torch.testing.assert_close(out.logits, plain.logits, rtol=0, atol=ATOL)
+    torch.testing.assert_close(out.loss, plain.loss, rtol=0, atol=ATOL)
+    assert len(out.hidden_states) == len(plain.hidden_states) == 3
+    for mine, theirs in zip(out.hidden_states, plain.hidden_states):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=ATOL)
+    as_tuple = lm.trace(LONG, return_dict=False, logits_to_keep=1, trace=False)
+    assert isinstance(as_tuple, tuple) and as_tuple[0].shape[1] == 1
+    torch.testing.assert_close(as_tuple[0], plain_tuple[0], rtol=0, atol=ATOL)
+
+
+def test_an_unknown_generate_keyword_raises_input_error_naming_it(lm, tiny):
+    cls = type(tiny.hf).__name__
+    with pytest.raises(InputError) as info, lm.generate(SHORT, max_new_tokens=2, foo=1):
+        lm.generator.output.save()
+    message = str(info.value)
+    assert f"{cls}.generate() takes no keyword argument 'foo' (given to generate())" in message, message
+    assert "GenerationConfig" in message and "use_cache" in message
+    with pytest.raises(InputError, match="Did you mean 'max_new_tokens'"), lm.generate(SHORT, max_new_tokes=2):
+        pass
+
+
+def test_generation_keywords_still_work(lm, tiny):
+    ids = tiny.ids(MID)
+    options = {"max_new_tokens": 4, "do_sample": False, "repetition_penalty": 1.5, "min_new_tokens": 4,
+               "use_cache": True, "return_dict_in_generate": False}
+    with torch.no_grad():
+        expected = tiny.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                    pad_token_id=tiny.eos, **options)
+    with torch.no_grad(), lm.generate(MID, **options):
+        generated = lm.generator.output.save()
+    assert torch.equal(generated.value, expected)

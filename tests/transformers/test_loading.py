@@ -1,5 +1,7 @@
 """Meta loading (no weights read until dispatch), dispatch, repr and the tokenizer set-up."""
 
+import threading
+
 import pytest
 import torch
 import transformers.modeling_layers
@@ -112,6 +114,55 @@ def test_from_pretrained_kwargs_apply_at_dispatch(tiny):
     torch.testing.assert_close(logits.value, expected, rtol=0, atol=1e-10)
 
 
+def plain_logits(module, tiny, prompt):
+    with torch.no_grad():
+        return module(input_ids=tiny.ids(prompt)).logits
+
+
+def test_to_dtype_before_dispatch_applies_to_the_loaded_weights(tiny):
+    lm = LanguageModel(tiny.folder).to(torch.float64)
+    assert not lm.dispatched and devices(lm) == {"meta"}
+    assert {p.dtype for p in lm._model.parameters()} == {torch.float64}   # the skeleton, for scans
+    with torch.no_grad(), lm.trace(SHORT):
+        assert lm.lm_head.output.dtype == torch.float64                  # scanned before dispatch
+        logits = lm.lm_head.output.save()
+    assert {p.dtype for p in lm._model.parameters()} == {torch.float64} and devices(lm) == {"cpu"}
+    assert logits.value.dtype == torch.float64
+    expected = plain_logits(AutoModelForCausalLM.from_pretrained(tiny.folder).to(torch.float64), tiny, SHORT)
+    torch.testing.assert_close(logits.value, expected, rtol=0, atol=1e-12)
+
+
+def test_to_calls_before_dispatch_apply_in_order(tiny):
+    # float16 then float64: the weights keep float16's rounding, which float64 alone would not have.
+    lm = LanguageModel(tiny.folder).to(torch.float16).to(dtype=torch.float64)
+    with torch.no_grad(), lm.trace(LONG):
+        logits = lm.lm_head.output.save()
+    plain = AutoModelForCausalLM.from_pretrained(tiny.folder).to(torch.float16).to(dtype=torch.float64)
+    expected = plain_logits(plain, tiny, LONG)
+    torch.testing.assert_close(logits.value, expected, rtol=0, atol=1e-12)
+    direct = AutoModelForCausalLM.from_pretrained(tiny.folder).to(torch.float64)
+    assert (expected - plain_logits(direct, tiny, LONG)).abs().max() > 1e-6   # float16 mattered
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")], ids=["str", "device"])
+def test_to_device_before_dispatch_works(tiny, device):
+    lm = LanguageModel(tiny.folder)
+    assert lm.to(device) is lm and devices(lm) == {"meta"}
+    with torch.no_grad(), lm.trace(SHORT):
+        logits = lm.lm_head.output.save()
+    assert devices(lm) == {"cpu"}
+    torch.testing.assert_close(logits.value, tiny.logits(tiny.ids(SHORT)), rtol=0, atol=1e-5)
+
+
+def test_to_with_bad_arguments_before_dispatch_raises_as_torch_does(tiny):
+    plain = AutoModelForCausalLM.from_pretrained(tiny.folder)
+    for args in [(torch.int64,), ("nonsense",)]:
+        with pytest.raises(Exception) as expected:
+            plain.to(*args)
+        with pytest.raises(type(expected.value)):
+            LanguageModel(tiny.folder).to(*args)
+
+
 def test_module_without_tokenizer_raises_model_key_error(tiny):
     module = AutoModelForCausalLM.from_pretrained(tiny.folder)
     with pytest.raises(ModelKeyError, match="tokenizer="):
@@ -163,3 +214,37 @@ def test_an_existing_pad_token_is_kept(tiny):
     n = tiny.ids(SHORT).shape[1]
     torch.testing.assert_close(tracer.output.logits[:1, -n:], tiny.logits(tiny.ids(SHORT)),
                                rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("built_in", ["main thread", "each thread"])
+def test_wrappers_loading_in_several_threads_at_once_load_the_right_weights(tiny, built_in):
+    # transformers' loading is not thread-safe (plain from_pretrained from several threads at once
+    # gives wrongly initialised models), so the expected values come from tiny.hf, loaded alone in
+    # the main thread; the wrappers' skeleton builds and loads are serialised process-wide.
+    threads = 4
+    models = [LanguageModel(tiny.folder) if built_in == "main thread" else None for _ in range(threads)]
+    prompts = [SHORT, LONG, SHORT, LONG]
+    results, errors = [None] * threads, []
+    barrier = threading.Barrier(threads)
+
+    def work(i):
+        try:
+            barrier.wait()
+            if models[i] is None:
+                models[i] = LanguageModel(tiny.folder)
+            with torch.no_grad(), models[i].trace(prompts[i]):
+                results[i] = models[i].lm_head.output.save()
+        except BaseException as error:  # noqa: BLE001 - reported below, in the main thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    for model, prompt, result in zip(models, prompts, results):
+        assert model.dispatched and devices(model) == {"cpu"}
+        torch.testing.assert_close(result.value, tiny.logits(tiny.ids(prompt)), rtol=0, atol=1e-5)
+        for name, param in tiny.hf.state_dict().items():
+            torch.testing.assert_close(model._model.state_dict()[name], param, rtol=0, atol=0, msg=name)

@@ -130,3 +130,63 @@ def test_t_call_is_still_the_transpose(lm, tiny):
     with torch.no_grad(), lm.trace(SHORT):
         transposed = lm.lm_head.output[0].t().save()
     torch.testing.assert_close(transposed.value, tiny.logits(tiny.ids(SHORT))[0].t(), rtol=0, atol=1e-5)
+
+
+# Slices of every kind: within, beyond either end, negative, empty, open, with steps.
+# The short invoke has 6 tokens, so several of these select nothing of it.
+SLICES = [slice(None), slice(1, 3), slice(-2, None), slice(None, 100), slice(7, 8), slice(6, None),
+          slice(5, 20), slice(20, 30), slice(-20, -10), slice(None, -20), slice(-20, None),
+          slice(-100, 2), slice(0, -7), slice(2, 1), slice(3, 3), slice(None, None, 2),
+          slice(1, None, 3), slice(-4, -1, 2), slice(10, None, 2), slice(-1, None)]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["solo", "padded-batch"])
+def test_t_slices_read_what_the_same_slice_of_the_invoke_alone_reads(lm, tiny, batched):
+    # Expected: the unpadded solo run's tensor sliced with the same Python slice.
+    plain = {prompt: solo_hidden(tiny, prompt)[0] for prompt in (SHORT, LONG)}
+    assert plain[SHORT].shape[1] == 6
+    with torch.no_grad(), lm.trace() as tracer:
+        with tracer.invoke(SHORT):                       # left-padded when batched with LONG
+            out = layer0(lm, tiny.arch).output
+            short = [out.t[key].save() for key in SLICES]
+        if batched:
+            with tracer.invoke(LONG):
+                out = layer0(lm, tiny.arch).output
+                long = [out.t[key].save() for key in SLICES]
+    for key, value in zip(SLICES, short):
+        torch.testing.assert_close(value.value, plain[SHORT][:, key], rtol=0, atol=1e-5, msg=str(key))
+    for key, value in zip(SLICES, long if batched else []):
+        torch.testing.assert_close(value.value, plain[LONG][:, key], rtol=0, atol=1e-5, msg=str(key))
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["solo", "padded-batch"])
+@pytest.mark.parametrize("key", SLICES, ids=str)
+def test_t_slice_assignment_writes_what_the_same_slice_of_the_invoke_alone_writes(lm, tiny, key, batched):
+    def zero(h):
+        h[:, key] = 0
+
+    expected_h, expected_logits = solo_hidden(tiny, SHORT, zero)
+    _, plain_long = solo_hidden(tiny, LONG)
+    with torch.no_grad(), lm.trace() as tracer:
+        with tracer.invoke(SHORT):
+            layer0(lm, tiny.arch).output.t[key] = 0
+            h = layer0(lm, tiny.arch).output.save()
+            logits = lm.lm_head.output.save()
+        if batched:
+            with tracer.invoke(LONG):
+                long_logits = lm.lm_head.output.save()
+    n = expected_h.shape[1]
+    torch.testing.assert_close(h.value[:, -n:], expected_h, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits.value[:, -n:], expected_logits, rtol=0, atol=1e-4)
+    if batched:
+        torch.testing.assert_close(long_logits.value, plain_long, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("key", [slice(None, None, -1), slice(4, 1, -2), slice(None, None, 0)], ids=str)
+def test_t_slice_without_a_positive_step_raises_token_index_error(lm, tiny, key):
+    # Tensors refuse these too (torch: "step must be greater than zero").
+    with pytest.raises(ValueError):
+        torch.zeros(1, 6)[:, key]
+    with pytest.raises(TokenIndexError) as info, lm.trace(SHORT):
+        layer0(lm, tiny.arch).output.t[key].save()
+    assert f"step {key.step}" in str(info.value) and "flip" in str(info.value)

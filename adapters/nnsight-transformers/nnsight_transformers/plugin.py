@@ -12,12 +12,14 @@ imports nothing heavy: ``transformers`` is imported only where a
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import os
 import sys
+import typing
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 
@@ -115,6 +117,12 @@ def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[s
     if not _owns(model):
         return None
     module = model._model
+    if method is None:
+        ignored = sorted(_GENERATE_ONLY.intersection(kwargs))
+        if ignored:
+            raise InputError(f"trace() was given generate() arguments ({', '.join(ignored)}): a trace runs "
+                             f"one forward pass and would ignore them; use model.generate(..., {ignored[0]}=...).")
+    _check_keywords(module, method or "forward", kwargs)
     device = module.device
     batched = {k: v.to(device) for k, v in batched.items()}
     if method == "generate":
@@ -123,14 +131,131 @@ def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[s
         return model._attached["generator"](output)
     if method is not None:
         return getattr(module, method)(**batched, **kwargs)
-    ignored = sorted(_GENERATE_ONLY.intersection(kwargs))
-    if ignored:
-        raise InputError(f"trace() was given generate() arguments ({', '.join(ignored)}): a trace runs one "
-                         f"forward pass and would ignore them; use model.generate(..., {ignored[0]}=...).")
     if "position_ids" not in kwargs and _takes_position_ids(type(module)):
         # Left padding must not shift absolute positions (GPT-2): count real tokens only.
         kwargs["position_ids"] = (batched["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     return module(**batched, **kwargs)
+
+
+def _check_keywords(module: torch.nn.Module, method: str, kwargs: Dict[str, Any]) -> None:
+    """Raise before the model runs if a keyword argument of trace()/generate() is one the model
+    would silently ignore (a ``**kwargs`` swallows any name) or reject.
+
+    Accepted for ``forward``: see :func:`_forward_keywords`. For ``generate``: those, the
+    named parameters of ``generate`` and ``prepare_inputs_for_generation``, the keywords
+    ``generate`` takes from its ``**kwargs`` (``tokenizer``, ...) and every field of a
+    ``GenerationConfig`` (the default one and the model's). With ``custom_generate`` (a
+    recipe with its own arguments), nothing is checked; for other methods, only methods
+    without ``**kwargs`` are.
+
+    Raises:
+        InputError: Naming the keyword, the model class and the accepted names.
+    """
+    cls = type(module)
+    if method == "generate":
+        if "custom_generate" in kwargs:
+            return
+        config = getattr(module, "generation_config", None)
+        accepted = _generate_keywords(cls) | {k for k in vars(config or object()) if not k.startswith("_")}
+    elif method == "forward":
+        accepted = _forward_keywords(cls)
+    else:
+        accepted = _named_keywords(getattr(cls, method, None), strict_only=True)
+    unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
+    if not unknown:
+        return
+    close = [m for name in unknown for m in difflib.get_close_matches(name, accepted, n=1)]
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    if method == "generate":
+        takes = (f"generate()'s own arguments, any GenerationConfig field (max_new_tokens, do_sample, "
+                 f"temperature, top_p, ...) and what {cls.__name__}.forward() accepts: "
+                 f"{', '.join(sorted(_forward_keywords(cls)))}")
+    else:
+        takes = ", ".join(sorted(accepted)) or "none"
+    raise InputError(f"{cls.__name__}.{method}() takes no keyword argument {', '.join(map(repr, unknown))} "
+                     f"(given to {'generate' if method == 'generate' else 'trace'}()), so the model would "
+                     f"ignore or reject it.{hint} It accepts {takes}.")
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_keywords(cls: type) -> FrozenSet[str]:
+    """The keywords ``cls.forward`` takes: its named parameters, the keys of the TypedDict in a
+    ``**kwargs: Unpack[...]`` annotation (``TransformersKwargs``, ``FlashAttentionKwargs``), and,
+    when it has ``**kwargs``, what every transformers model takes through them: ``return_dict``
+    (read by the ``can_return_tuple`` decorator), ``TransformersKwargs`` (model-agnostic:
+    ``output_attentions``, ``output_hidden_states``, ...; also for a ``**kwargs`` without an
+    annotation, as ``generate``'s own validation assumes) and the old names of renamed
+    keywords (``past_key_values`` for ``cache``)."""
+    forward = cls.forward
+    named = _named_keywords(forward, strict_only=False)
+    var_keyword = _var_keyword(forward)
+    if var_keyword is None:
+        return named
+    from transformers.utils.generic import TransformersKwargs
+
+    typed = _typed_dict_keys(var_keyword.annotation) or frozenset()
+    common = _typed_dict_keys(TransformersKwargs) or frozenset()
+    return named | typed | common | {"return_dict"} | _renamed_keywords(forward)
+
+
+@functools.lru_cache(maxsize=None)
+def _generate_keywords(cls: type) -> FrozenSet[str]:
+    from transformers import GenerationConfig
+
+    generate = cls.generate
+    own = _named_keywords(generate, strict_only=False) | _renamed_keywords(generate)
+    prepare = _named_keywords(getattr(cls, "prepare_inputs_for_generation", None), strict_only=False)
+    # generate() pops these from its **kwargs itself (the tokenizer is needed for stop_strings).
+    popped = {"tokenizer", "assistant_tokenizer", "trust_remote_code"}
+    fields = {k for k in vars(GenerationConfig()) if not k.startswith("_")}
+    return own | prepare | popped | fields | _forward_keywords(cls)
+
+
+def _named_keywords(function: Any, strict_only: bool) -> Optional[FrozenSet[str]]:
+    """Names ``function`` takes as keywords (``self`` and ``*args``/``**kwargs`` aside); with
+    ``strict_only``, None when it also has ``**kwargs`` (then any name may be meaningful)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return None if strict_only else frozenset()
+    if strict_only and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                               inspect.Parameter.KEYWORD_ONLY)) - {"self"}
+
+
+def _var_keyword(function: Any) -> Optional[inspect.Parameter]:
+    """The ``**kwargs`` parameter of ``function`` (annotations evaluated where possible), or None."""
+    for evaluate in (True, False):
+        try:
+            parameters = inspect.signature(function, eval_str=evaluate).parameters.values()
+        except (TypeError, ValueError, NameError, SyntaxError):  # eval_str: names only under TYPE_CHECKING
+            continue
+        return next((p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    return None
+
+
+def _typed_dict_keys(annotation: Any) -> Optional[FrozenSet[str]]:
+    """Keys of a TypedDict, or of the TypedDict in ``Unpack[...]``; None for anything else."""
+    if repr(typing.get_origin(annotation)).endswith("Unpack"):  # typing's or typing_extensions'
+        annotation = typing.get_args(annotation)[0]
+    if not typing.is_typeddict(annotation):
+        return None
+    return frozenset(annotation.__required_keys__ | annotation.__optional_keys__)
+
+
+def _renamed_keywords(function: Any) -> FrozenSet[str]:
+    """Old keyword names that transformers' ``deprecate_kwarg`` decorators around ``function``
+    still accept (and rename): each decorator's wrapper holds its ``old_name``."""
+    names = set()
+    while function is not None:
+        code = getattr(function, "__code__", None)
+        if code is not None and "old_name" in code.co_freevars and function.__closure__:
+            value = function.__closure__[code.co_freevars.index("old_name")].cell_contents
+            if isinstance(value, str):
+                names.add(value)
+        function = getattr(function, "__wrapped__", None)
+    return frozenset(names)
 
 
 @functools.lru_cache(maxsize=None)

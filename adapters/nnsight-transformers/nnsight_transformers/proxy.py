@@ -25,7 +25,9 @@ class TokenIndexer:
     Invokes are left-padded to the longest one, so an invoke's tokens are the
     last ``n`` positions of dimension 1: ``t[0]`` is its first real token
     whatever padding the batch added, negative indices count from its end,
-    and slices stay within its tokens. For an invoke of several prompts, ``n``
+    and a slice selects what it selects of a tensor of the invoke's tokens alone
+    (bounds beyond either end are clipped, a slice past the end is empty; steps
+    must be positive, as for tensors). For an invoke of several prompts, ``n``
     is its longest prompt. Indices refer to the prompt's forward pass; in
     later generation steps (one new token each) use ``t[-1]``.
     """
@@ -52,9 +54,7 @@ class TokenIndexer:
         invoker = runner.invokers[node.invoke]
         length = invoker.prepared["input_ids"].shape[1]
         if isinstance(key, slice):
-            start = -length if key.start is None else self._bound(key.start, length, invoker.index, True)
-            stop = None if key.stop is None else self._bound(key.stop, length, invoker.index, False)
-            return slice(start, stop, key.step)
+            return self._slice(key, length, invoker.index)
         index = int(key)
         if not -length <= index < length:
             raise TokenIndexError(
@@ -64,11 +64,23 @@ class TokenIndexer:
         return index - length if index >= 0 else index
 
     @staticmethod
-    def _bound(bound: int, length: int, invoke: int, is_start: bool) -> Any:
-        bound = max(-length, min(length, int(bound)))
-        if bound >= 0:
-            bound -= length
-        return None if bound == 0 and not is_start else bound
+    def _slice(key: slice, length: int, invoke: int) -> slice:
+        """``key`` over the invoke's ``length`` tokens as a slice of the padded dimension 1.
+
+        The tokens ``key`` selects are those Python selects from ``range(length)``
+        (bounds beyond either end are clipped, so a slice past the end is empty);
+        they become offsets from the end, where the invoke's tokens are.
+        """
+        if key.step is not None and int(key.step) <= 0:
+            raise TokenIndexError(
+                f"token slice {key} of invoke {invoke} has step {key.step}: like tensors, .t[...] "
+                "takes only positive steps; slice forwards and reverse with .flip(1)."
+            )
+        positions = range(length)[key]
+        if not positions:
+            return slice(0, 0)  # empty, as the same slice of the invoke's own tokens
+        stop = positions[-1] + 1 - length
+        return slice(positions.start - length, stop if stop < 0 else None, positions.step)
 
 
 class LanguageModelProxy(InterventionProxy):
