@@ -11,7 +11,7 @@ values from the Interleaver's hooks, and every other node runs as
 ``getattr(interleaver, node.op)(node, args, kwargs)``, so those ops are also
 the Interleaver's override points.
 
-Higher layers add ways to write a graph through :attr:`Graph.extensions`
+Higher layers add ways to write a graph through ``Graph.extensions``
 (``nnsight_core.serialize`` adds JSON, ``nnsight_core.vis`` adds pictures).
 """
 

@@ -200,7 +200,7 @@ class Runner:
 
     @property
     def graph(self) -> Graph:
-        """The recorded graph: structure only, printable, and reusable after execution."""
+        """The recorded graph (structure only), printable and reusable after execution."""
         return self._graph
 
     @property

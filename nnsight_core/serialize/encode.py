@@ -71,7 +71,7 @@ def to_json(graph: Graph, indent: Optional[int] = None) -> str:
         The document as a string.
 
     Raises:
-        GraphFormatError: As :func:`to_dict`, or the text exceeds :data:`MAX_DOCUMENT_CHARS`.
+        GraphFormatError: As :func:`to_dict`, or the text exceeds :data:`~nnsight_core.serialize.schema.MAX_DOCUMENT_CHARS`.
 
     Example:
         >>> with model.trace(x) as tracer:

@@ -92,7 +92,7 @@ __all__ = [
 FORMAT = "nnsight_core.graph"
 #: The schema version this module writes and reads.
 VERSION = 1
-#: Longest document text :func:`from_json` parses, in characters.
+#: Longest document text :func:`~nnsight_core.serialize.from_json` parses, in characters.
 MAX_DOCUMENT_CHARS = 64 * 2**20
 #: Most nodes a document may hold.
 MAX_NODES = 65_536
