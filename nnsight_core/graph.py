@@ -268,6 +268,9 @@ class Graph:
             that did not run (``tracer.cache()``).
         guarded: Whether any node is conditional (execution then checks conditions).
         gradients: The ``grad`` nodes, in recording order.
+        requirements: Invoke index to facts about its inputs that recorded values depend
+            on, ``{name: value}`` (e.g. ``{"tokens": 7}`` when ``.t[0]`` became a position
+            counted from the end of 7 tokens); see :meth:`require`.
         extensions: Class attribute, the extension point for ways of writing a graph:
             name to function, registered by the layers that implement them
             (``"to_json"``/``"from_json"`` by :mod:`nnsight_core.serialize`,
@@ -285,6 +288,7 @@ class Graph:
         self.optional: Set[int] = set()
         self.guarded = False
         self.gradients: List[Node] = []
+        self.requirements: Dict[int, Dict[str, Any]] = {}
 
     def create_node(self, op: str, target: Any, args: tuple = (), kwargs: Optional[dict] = None,
                     invoke: Optional[int] = None, where: Optional[Tuple[str, int]] = None,
@@ -308,6 +312,17 @@ class Graph:
         if op == "grad":
             self.gradients.append(node)
         return node
+
+    def require(self, invoke: int, name: str, value: Any) -> None:
+        """Record that what invoke ``invoke`` recorded holds only for inputs whose ``name`` is ``value``.
+
+        An adapter calls it when it turns something relative to the inputs into a
+        constant of the graph (``LanguageModel``'s ``.t[0]`` becomes a position counted
+        from the end, right only for prompts of the same length). Running the graph
+        again (``model.run_graph``, a graph loaded from JSON) checks each invoke's new
+        inputs against its requirements (``NNsightModel.check_requirements``).
+        """
+        self.requirements.setdefault(invoke, {})[name] = value
 
     def iteration(self, start: int = 0, stop: Optional[int] = None, step: int = 1) -> Iteration:
         """Add an :class:`Iteration` over calls ``start:stop:step`` (``stop=None``: every call)."""

@@ -327,6 +327,9 @@ class NNsightModel:
         prepared, sizes = [], []
         for k, group in enumerate(groups):
             value, size = self._prepare_inputs(tuple(group), {}, k)
+            required = graph.requirements.get(k)
+            if required:
+                self.check_requirements(k, value, required)
             prepared.append(value)
             sizes.append(size)
         batched, batch = self.batch_invokes(prepared, sizes, kwargs, method)
@@ -335,6 +338,23 @@ class NNsightModel:
                                finish=lambda interleaver: results.update(interleaver.results()),
                                executor=executor)
         return results
+
+    def check_requirements(self, invoke: int, prepared: Any, requirements: Dict[str, Any]) -> None:
+        """Check that invoke ``invoke``'s prepared inputs meet what its recorded graph assumes.
+
+        Override point, called by :meth:`run_graph` for each invoke that has
+        requirements (:meth:`Graph.require <nnsight_core.graph.Graph.require>`), which
+        the wrapper class's own helpers recorded. An override checks the names it
+        knows and passes the others on to ``super()``; this base knows none.
+
+        Raises:
+            InputError: A requirement this wrapper cannot check (a graph recorded by
+                another wrapper class), or one the inputs do not meet.
+        """
+        if requirements:
+            raise InputError(f"invoke {invoke} of the graph was recorded assuming {requirements}, which "
+                             f"{type(self).__name__} cannot check: run the graph on the kind of model "
+                             "wrapper that recorded it.")
 
     def batch_invokes(self, prepared: List[Any], sizes: List[int], kwargs: Dict[str, Any],
                       method: Optional[str]) -> Tuple[Any, Batch]:

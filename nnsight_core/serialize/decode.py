@@ -20,7 +20,7 @@ from .schema import (_DEVICE, _DOCUMENT_KEYS, _DTYPE_NAMES, _INT_RANGES, _NO_TAR
                      _TENSOR_KEYS, DTYPES, FORMAT, FUNCTIONS, MAX_DEPTH, MAX_DOCUMENT_CHARS, MAX_NODES,
                      MAX_TENSOR_DIMS, MAX_TENSOR_ELEMENTS, OPERATORS, SERIALISABLE_OPS, TENSOR_METHODS, VERSION,
                      _arguments_problem, _attribute_ok, _invoke_problem, _is_int, _iteration_problem, _kind,
-                     _path_ok, _rows_problem, _scalar, _short)
+                     _path_ok, _requirement_problem, _rows_problem, _scalar, _short)
 
 __all__ = ["from_json", "from_dict"]
 
@@ -136,6 +136,7 @@ class _Decoder:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.rows: List[Tuple[int, int]] = []
+        self.requirements: List[Tuple[int, Dict[str, Any]]] = []
         self.iterations: List[List[Any]] = []
         self.tensors: List[Tuple[List[Any], torch.dtype, List[int]]] = []
         self.nodes: List[_NodeSpec] = []
@@ -156,6 +157,7 @@ class _Decoder:
                                        f"{_short(document['version'])}; write it with a matching version.")
         self._rows(document.get("rows", []))
         self._iterations(document.get("iterations", []))
+        self._requirements(document.get("requirements", []))
         tensors = document.get("tensors", [])
         nodes = document["nodes"]
         if type(tensors) is not list:
@@ -175,6 +177,7 @@ class _Decoder:
                    for values, dtype, shape in self.tensors]
         graph = Graph()
         graph.rows = list(self.rows)
+        graph.requirements = {invoke: dict(facts) for invoke, facts in self.requirements}
         iterations = [graph.iteration(*entry) for entry in self.iterations]
 
         def resolve(value: Any) -> Any:
@@ -206,6 +209,16 @@ class _Decoder:
             if problem is not None:
                 raise self.fail(f"iterations[{k}]", problem)
             self.iterations.append(entry)
+
+    def _requirements(self, requirements: Any) -> None:
+        if type(requirements) is not list:
+            raise self.fail("requirements", f"expected a list of [invoke, {{name: value}}] pairs, got "
+                                            f"{_kind(requirements)}")
+        for k, entry in enumerate(requirements):
+            problem = _requirement_problem(entry, len(self.rows))
+            if problem is not None:
+                raise self.fail(f"requirements[{k}]", problem)
+        self.requirements = [(invoke, facts) for invoke, facts in requirements]
 
     def _rows(self, rows: Any) -> None:
         if type(rows) is not list:

@@ -18,7 +18,8 @@ from ..graph import MODULE_VALUE_OPS, Graph, Iteration, Node
 from .schema import (_DEVICE, _DTYPE_NAMES, _FUNCTION_NAMES, _NO_TARGET, DTYPES, FORMAT, MAX_DEPTH,
                      MAX_DOCUMENT_CHARS, MAX_NODES, MAX_TENSOR_DIMS, MAX_TENSOR_ELEMENTS, OPERATORS,
                      SERIALISABLE_OPS, TENSOR_METHODS, VERSION, Document, _arguments_problem, _attribute_ok,
-                     _invoke_problem, _is_int, _iteration_problem, _path_ok, _rows_problem)
+                     _invoke_problem, _is_int, _iteration_problem, _path_ok, _requirement_problem,
+                     _rows_problem)
 
 __all__ = ["to_dict", "to_json"]
 
@@ -54,10 +55,18 @@ def to_dict(graph: Graph) -> Document:
         problem = _iteration_problem(entry)
         if problem is not None:
             raise GraphFormatError(f"cannot serialise the graph's iterations[{k}]: {problem}")
+    requirements = [[invoke, dict(facts)] for invoke, facts in sorted(graph.requirements.items())]
+    for k, entry in enumerate(requirements):
+        problem = _requirement_problem(entry, len(graph.rows))
+        if problem is not None:
+            raise GraphFormatError(f"cannot serialise the graph's requirements[{k}]: {problem}")
     encoder = _Encoder(len(graph.rows), graph.iterations)
     nodes = [encoder.node(node) for node in graph.nodes]
-    return {"format": FORMAT, "version": VERSION, "rows": [list(r) for r in graph.rows],
-            "iterations": iterations, "tensors": encoder.tensors, "nodes": nodes}
+    document = {"format": FORMAT, "version": VERSION, "rows": [list(r) for r in graph.rows],
+                "iterations": iterations, "tensors": encoder.tensors, "nodes": nodes}
+    if requirements:
+        document["requirements"] = requirements
+    return document
 
 
 def to_json(graph: Graph, indent: Optional[int] = None) -> str:

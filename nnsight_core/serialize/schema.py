@@ -14,6 +14,7 @@ The document (version 1)::
     {"format": "nnsight_core.graph", "version": 1,
      "rows": [[0, 1], [1, 3]],            # each invoke's (start, stop) batch rows
      "iterations": [[1, null, 1]],        # [start, stop, step] of tracer.iter / .all() blocks
+     "requirements": [[1, {"tokens": 7}]],  # optional: what an invoke's inputs must be
      "tensors": [{"dtype": "float32", "shape": [2], "data": [0.5, "nan"]}],
      "nodes": [                           # in recording order; "%i" is nodes[i]
         {"op": "output", "target": ["layer1", 0], "invoke": 0},
@@ -35,6 +36,13 @@ for ``call_function``; a module path for ``call_module``; none otherwise
 (``getitem``, ``setitem``, ``save``, ``grad``, ``set_grad``, ``backward``,
 ``stop``). A graph with a ``tracer.cond`` block cannot be written either: its
 condition is an ``apply`` of ``bool``.
+
+``requirements`` (optional) lists, per invoke, facts about its inputs that the
+recorded values depend on, as ``[invoke, {name: scalar}]`` (the graph's
+``requirements``): ``LanguageModel``'s ``.t[0]`` is stored as a position counted
+from the end of the prompt it was recorded on, so the graph records
+``{"tokens": n}`` and running it on a prompt of another length raises an
+``InputError`` instead of reading another token.
 
 A value is ``null``, ``true``/``false``, a finite number or a string, or an
 object with exactly one of these keys: ``{"node": i}`` (an earlier node),
@@ -212,7 +220,7 @@ _DENIED_ATTRIBUTES = frozenset({
     "cr_code", "ag_frame", "ag_code", "tb_frame", "tb_next", "func_globals", "func_code", "mro",
 })
 _NODE_KEYS = frozenset({"op", "target", "args", "kwargs", "invoke"})
-_DOCUMENT_KEYS = frozenset({"format", "version", "rows", "iterations", "tensors", "nodes"})
+_DOCUMENT_KEYS = frozenset({"format", "version", "rows", "iterations", "requirements", "tensors", "nodes"})
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data"})
 #: The ops a document can hold: all of OPS but ``apply``, whose target is a Python function
 #: given by the user. An op added to OPS is refused until it is added here (and tested).
@@ -306,6 +314,19 @@ def _iteration_problem(entry: Any) -> Optional[str]:
             and (stop is None or (_is_int(stop) and stop > start))):
         return (f"expected integers start >= 0, step >= 1 and stop > start (or null for every "
                 f"call), got {_short(entry)}")
+    return None
+
+
+def _requirement_problem(entry: Any, invokes: int) -> Optional[str]:
+    """What is wrong with a requirement's ``[invoke, {name: value}]``, or None."""
+    if not (type(entry) is list and len(entry) == 2):
+        return f"expected [invoke, {{name: value}}], got {_short(entry)}"
+    invoke, facts = entry
+    if not (_is_int(invoke) and 0 <= invoke < invokes):
+        return f"expected an invoke index from 0 to {invokes - 1}, got {_short(invoke)}"
+    if not (type(facts) is dict and facts and all(type(k) is str and _IDENTIFIER.fullmatch(k) and _scalar(v)
+                                                  for k, v in facts.items())):
+        return f"expected an object of names to scalar values, got {_short(facts)}"
     return None
 
 

@@ -139,3 +139,81 @@ def test_a_loaded_graph_reads_model_output_fields(gpt2):
     torch.testing.assert_close(saved[2], expected, rtol=0, atol=ATOL)
     torch.testing.assert_close(saved[5], expected[:, -1], rtol=0, atol=ATOL)
     assert saved[7] == expected.shape
+
+
+# -- token indices stay relative to the invoke they were recorded for (issue: .t[0] in JSON) ------
+
+
+def _first_token_hidden(gpt2, ids):
+    seen = {}
+    with raw_hooks(gpt2.hf, {"transformer.h.0": capture(seen, "h0")}):
+        gpt2.logits(ids)
+    return seen["h0"][:, 0]
+
+
+@pytest.mark.parametrize("through_json", [False, True])
+def test_a_positive_token_index_runs_only_on_prompts_of_its_length(gpt2, through_json):
+    from nnsight_core import InputError
+    from nnsight_transformers import LanguageModel
+
+    lm = LanguageModel(gpt2.folder)
+    with torch.no_grad(), lm.trace(SHORT) as tracer:
+        first = lm.transformer.h[0].output.t[0].save()
+    graph = Graph.from_json(tracer.graph.to_json()) if through_json else tracer.graph
+    assert graph.requirements == {0: {"tokens": gpt2.ids(SHORT).shape[1]}}
+
+    same_length = gpt2.ids(SHORT).clone()               # other tokens, as many as SHORT has
+    same_length[0, :2] = same_length[0, :2].flip(0) + 1
+    with torch.no_grad():
+        saved = lm.run_graph(graph, same_length[0])
+    expected = _first_token_hidden(gpt2, same_length)
+    torch.testing.assert_close(saved[first.node.index], expected, rtol=0, atol=ATOL)
+    assert not torch.allclose(expected, first.value, atol=1e-3)  # another prompt: another value
+
+    assert gpt2.ids(LONG).shape[1] != gpt2.ids(SHORT).shape[1]
+    with pytest.raises(InputError, match=r"invoke 0 .* recorded on a prompt of \d+ token\(s\), but this prompt has"):
+        with torch.no_grad():
+            lm.run_graph(graph, LONG)
+    assert hook_count(lm._model) == 0
+
+
+def test_a_token_slice_records_its_length_and_a_negative_index_does_not(gpt2):
+    from nnsight_transformers import LanguageModel
+
+    lm = LanguageModel(gpt2.folder)
+    with torch.no_grad(), lm.trace(SHORT) as tracer:
+        lm.transformer.h[0].output.t[1:3].save()
+    assert tracer.graph.requirements == {0: {"tokens": gpt2.ids(SHORT).shape[1]}}
+
+    with torch.no_grad(), lm.trace(SHORT) as tracer:
+        last = lm.lm_head.output.t[-1].save()
+    assert tracer.graph.requirements == {}
+    graph = Graph.from_json(tracer.graph.to_json())
+    with torch.no_grad():                                # another length: -1 is still the last token
+        saved = lm.run_graph(graph, LONG)
+    torch.testing.assert_close(saved[last.node.index], gpt2.logits(gpt2.ids(LONG))[:, -1], rtol=0, atol=ATOL)
+
+
+def test_requirements_are_checked_in_the_document():
+    from nnsight_core import GraphFormatError
+
+    document = {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1]],
+                "nodes": [{"op": "output", "target": ["transformer", 0], "invoke": 0}]}
+    for bad in ([[1, {"tokens": 3}]], [[0, {}]], [[0, {"tokens": [3]}]], {"0": 3}, [[0, {"__x": 1}]]):
+        with pytest.raises(GraphFormatError, match="requirements"):
+            from_dict({**document, "requirements": bad})
+    assert from_dict({**document, "requirements": [[0, {"tokens": 3}]]}).requirements == {0: {"tokens": 3}}
+
+
+def test_a_plain_wrapper_refuses_requirements_it_cannot_check():
+    from nnsight_core import InputError
+    from nnsight_torch import NNsight
+
+    from tests.helpers import make_net
+
+    model = NNsight(make_net())
+    with model.trace(torch.rand(1, 5)) as tracer:
+        model.layer1.output.save()
+    tracer.graph.require(0, "tokens", 4)
+    with pytest.raises(InputError, match="cannot check"):
+        model.run_graph(tracer.graph, torch.rand(1, 5))

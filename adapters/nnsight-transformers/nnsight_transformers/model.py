@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from nnsight_core import ModelKeyError, Runner
+from nnsight_core import InputError, ModelKeyError, Runner
 from nnsight_torch import NNsight
 
 from .proxy import LanguageModelProxy
@@ -79,6 +79,25 @@ class LanguageModel(NNsight):
         super().__init__(model_key, *args, **kwargs)
         _prepare_tokenizer(self.tokenizer)
         self.attach("generator", Generator())
+
+    def check_requirements(self, invoke: int, prepared: Any, requirements: Dict[str, Any]) -> None:
+        """A graph that used ``.t[i]`` with ``i >= 0`` (or a slice) runs only on prompts of the
+        length it was recorded with: those positions became offsets from the end.
+
+        Raises:
+            InputError: The invoke's prompt has another number of tokens.
+        """
+        requirements = dict(requirements)
+        tokens = requirements.pop("tokens", None)
+        if tokens is not None:
+            given = prepared["input_ids"].shape[1]
+            if given != tokens:
+                raise InputError(
+                    f"invoke {invoke} of the graph indexes tokens (.t[i] with i >= 0, or a slice) "
+                    f"recorded on a prompt of {tokens} token(s), but this prompt has {given}: the "
+                    f"positions would point at other tokens. Give a prompt of {tokens} tokens, "
+                    "record the trace again on this one, or index from the end (.t[-1]).")
+        super().check_requirements(invoke, prepared, requirements)
 
     def generate(self, *inputs: Any, invoker_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Runner:
         """A trace that runs ``generate()``; keyword arguments (``max_new_tokens``, ...) go to it.

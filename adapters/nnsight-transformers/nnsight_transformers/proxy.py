@@ -54,8 +54,12 @@ class TokenIndexer:
         invoker = runner.invokers[node.invoke]
         length = invoker.prepared["input_ids"].shape[1]
         if isinstance(key, slice):
+            # The positions become offsets from the end: right for prompts of this length only.
+            node.graph.require(node.invoke, "tokens", length)
             return self._slice(key, length, invoker.index)
         index = int(key)
+        if index >= 0:
+            node.graph.require(node.invoke, "tokens", length)  # negative indices hold for any length
         if not -length <= index < length:
             raise TokenIndexError(
                 f"token index {index} is outside invoke {invoker.index}, which has {length} "
