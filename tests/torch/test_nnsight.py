@@ -99,7 +99,7 @@ def test_print_model_is_the_module_repr(net):
 
 def test_wrapper_attributes(net):
     model = NNsight(net)
-    assert model.model_key is net and model._model is net
+    assert model.model_key == "Sequential" and model._model is net   # the seed: a str, the class name
     assert model.custom_model and model.dispatched
     assert model.args == () and model.kwargs == {}
     assert model.to(torch.float64) is model
