@@ -52,7 +52,8 @@ class Aliases:
         the module tree below ``root`` and normalise them.
 
         Args:
-            *tables: ``rename=`` dicts (or None), in order of precedence, lowest first.
+            *tables: ``rename=`` dicts (or None), in order of precedence, lowest first: a
+                later table's entry for the same real path or name replaces an earlier one.
             root: The wrapped module.
             attached: Modules attached beside it (reachable from the root by name).
             reserved: Names an alias may not take (the envoy's and wrapper's own attributes).
@@ -64,32 +65,34 @@ class Aliases:
         names: Dict[str, Tuple[str, ...]] = {}
         paths: Dict[str, str] = {}
         child_names: Optional[set] = None
-        for table in tables:
-            for real, alias in _items(table):
-                if real == alias:
-                    continue
-                if alias in reserved:
-                    raise RenameError(f"rename: alias {alias!r} (for {real!r}) is already an attribute of "
-                                      f"every envoy or of the wrapper, so it would never be reached; "
-                                      "choose another alias.")
-                if "." in real:
-                    if module_at(root, attached, real) is None:
-                        raise RenameError(f"rename: {display_path(real)} does not exist, so alias "
-                                          f"{alias!r} cannot name it; {_children_hint(root, real)} "
-                                          "Give a real module path (as print(model) shows it).")
-                    if alias in root._modules or alias in attached:
-                        raise RenameError(f"rename: alias {alias!r} for {display_path(real)} is already "
-                                          f"the name of {display_path(alias)}; choose another alias.")
-                    paths[alias] = real
-                else:
-                    if child_names is None:
-                        child_names = {n for m in root.modules() for n in m._modules} | set(attached)
-                    if real not in child_names:
-                        raise RenameError(f"rename: no module of this {type(root).__name__} has a child "
-                                          f"named {real!r}, so alias {alias!r} cannot name it; give a "
-                                          "child name as print(model) shows it (e.g. 'self_attn'), or "
-                                          "a dotted path from the root.")
-                    names[alias] = (real,) + tuple(r for r in names.get(alias, ()) if r != real)
+        merged: Dict[str, str] = {}
+        for table in tables:  # a later table's entry for the same real name replaces the earlier one
+            merged.update(_items(table))
+        for real, alias in merged.items():
+            if real == alias:
+                continue
+            if alias in reserved:
+                raise RenameError(f"rename: alias {alias!r} (for {real!r}) is already an attribute of "
+                                  f"every envoy or of the wrapper, so it would never be reached; "
+                                  "choose another alias.")
+            if "." in real:
+                if module_at(root, attached, real) is None:
+                    raise RenameError(f"rename: {display_path(real)} does not exist, so alias "
+                                      f"{alias!r} cannot name it; {_children_hint(root, real)} "
+                                      "Give a real module path (as print(model) shows it).")
+                if alias in root._modules or alias in attached:
+                    raise RenameError(f"rename: alias {alias!r} for {display_path(real)} is already "
+                                      f"the name of {display_path(alias)}; choose another alias.")
+                paths[alias] = real
+            else:
+                if child_names is None:
+                    child_names = {n for m in root.modules() for n in m._modules} | set(attached)
+                if real not in child_names:
+                    raise RenameError(f"rename: no module of this {type(root).__name__} has a child "
+                                      f"named {real!r}, so alias {alias!r} cannot name it; give a "
+                                      "child name as print(model) shows it (e.g. 'self_attn'), or "
+                                      "a dotted path from the root.")
+                names[alias] = (real,) + tuple(r for r in names.get(alias, ()) if r != real)
         return cls(names, paths)
 
     def resolve(self, path: str, module: torch.nn.Module, name: str) -> Optional[str]:
