@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from nnsight_core import ModelKeyError, Runner
+from nnsight_core import ModelKeyError, Runner, UnsupportedMethodError
 from nnsight_torch import NNsight
 
 from .names import ARCHITECTURES, is_causal_lm, standard_rename
@@ -113,8 +113,19 @@ class LanguageModel(NNsight):
 
         Every module runs once per generation step, so ``.next()`` addresses the
         next step; ``model.generator.output`` is the generated ids (prompt
-        included, left padding of shorter invokes included).
+        included, left padding of shorter invokes included; for an encoder-decoder,
+        the decoder's ids). The encoder of an encoder-decoder runs once, its
+        decoder once per step.
+
+        Raises:
+            UnsupportedMethodError: The model cannot generate (a classifier, a masked LM).
         """
+        if not self._model.can_generate():
+            raise UnsupportedMethodError(
+                f"{type(self._model).__name__} cannot generate (it has no language-model head for "
+                f"next tokens; it was loaded with automodel={getattr(self.automodel, '__name__', self.automodel)}): "
+                "use model.trace(...) to run it, or load a model that generates, e.g. "
+                "automodel=AutoModelForCausalLM or AutoModelForSeq2SeqLM.")
         return self.runner(*inputs, method="generate", invoker_args=invoker_args, **kwargs)
 
 

@@ -30,6 +30,8 @@ _GENERATE_ONLY = frozenset({"max_new_tokens", "max_length", "min_new_tokens", "m
                             "temperature", "top_k", "top_p", "num_beams", "num_return_sequences",
                             "repetition_penalty", "streamer", "stopping_criteria", "logits_processor",
                             "generation_config"})
+# Keywords that give an encoder-decoder's forward pass its decoder inputs.
+_DECODER_INPUTS = frozenset({"decoder_input_ids", "decoder_inputs_embeds", "labels"})
 # from_pretrained arguments that name the checkpoint, so config and tokenizer need them too.
 _CHECKPOINT_KWARGS = ("revision", "gguf_file", "subfolder", "trust_remote_code", "cache_dir", "token",
                       "local_files_only", "force_download")
@@ -131,10 +133,29 @@ def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[s
         return model._attached["generator"](output)
     if method is not None:
         return getattr(module, method)(**batched, **kwargs)
+    if getattr(module.config, "is_encoder_decoder", False) and not _DECODER_INPUTS.intersection(kwargs):
+        # A forward pass of an encoder-decoder needs decoder inputs: by default its first step.
+        rows = batched["input_ids"].shape[0]
+        kwargs["decoder_input_ids"] = torch.full((rows, 1), _decoder_start(module), device=device)
     if "position_ids" not in kwargs and _takes_position_ids(type(module)):
         # Left padding must not shift absolute positions (GPT-2): count real tokens only.
         kwargs["position_ids"] = (batched["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     return module(**batched, **kwargs)
+
+
+def _decoder_start(module: torch.nn.Module) -> int:
+    """The token an encoder-decoder's decoder starts from.
+
+    Raises:
+        InputError: The config names none (then the trace must pass ``decoder_input_ids``).
+    """
+    for config in (getattr(module, "generation_config", None), module.config):
+        start = getattr(config, "decoder_start_token_id", None)
+        if isinstance(start, int):
+            return start
+    raise InputError(f"{type(module).__name__} is an encoder-decoder whose config has no "
+                     "decoder_start_token_id: pass the decoder's inputs, "
+                     "model.trace(prompt, decoder_input_ids=...).")
 
 
 def _check_keywords(module: torch.nn.Module, method: str, kwargs: Dict[str, Any]) -> None:

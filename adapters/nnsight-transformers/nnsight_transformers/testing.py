@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import tempfile
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 __all__ = ["tiny_llama_checkpoint", "tiny_checkpoint", "TINY_ARCHITECTURES"]
 
@@ -51,10 +51,17 @@ def tiny_llama_checkpoint(folder: Optional[str] = None, seed: int = 0) -> str:
 TINY_ARCHITECTURES = ("gpt2", "llama", "qwen2", "mistral", "gemma", "phi", "gpt_neox", "opt")
 
 
-def tiny_checkpoint(model_type: str, folder: Optional[str] = None, seed: int = 0) -> str:
-    """Save a 2-layer causal LM of ``model_type`` (one of :data:`TINY_ARCHITECTURES`, hidden
-    size 32, weights seeded by ``seed``) and the byte-level BPE tokenizer of
-    :func:`tiny_llama_checkpoint` into ``folder`` (a new temporary folder by default); return it.
+def tiny_checkpoint(model_type: str, folder: Optional[str] = None, seed: int = 0,
+                    automodel: Any = None) -> str:
+    """Save a 2-layer model of ``model_type`` (hidden size 32, weights seeded by ``seed``) and
+    the byte-level BPE tokenizer of :func:`tiny_llama_checkpoint` into ``folder`` (a new
+    temporary folder by default); return it.
+
+    ``model_type`` is one of :data:`TINY_ARCHITECTURES` (a causal LM), ``"t5"`` (for
+    ``AutoModelForSeq2SeqLM``) or ``"bert"``; ``automodel`` (default: ``AutoModelForCausalLM``,
+    for T5 ``AutoModelForSeq2SeqLM``) is the auto class that builds it, e.g.
+    ``AutoModelForSequenceClassification`` (3 labels) or ``AutoModelForMaskedLM``. T5 and
+    BERT tokenizers also have ``<pad>`` and ``<mask>`` tokens.
 
     Example:
         >>> model = LanguageModel(tiny_checkpoint("gpt_neox"))
@@ -65,7 +72,8 @@ def tiny_checkpoint(model_type: str, folder: Optional[str] = None, seed: int = 0
     import transformers
 
     folder = folder or tempfile.mkdtemp()
-    vocab = _tokenizer(folder)
+    specials = ("<eos>", "<pad>", "<mask>") if model_type in ("t5", "bert") else ("<eos>",)
+    vocab = _tokenizer(folder, specials)
     common = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   max_position_embeddings=64, eos_token_id=0, bos_token_id=0, pad_token_id=0)
     llama_like = dict(common, intermediate_size=64, num_key_value_heads=2)
@@ -79,11 +87,21 @@ def tiny_checkpoint(model_type: str, folder: Optional[str] = None, seed: int = 0
         "phi": lambda: transformers.PhiConfig(**common, intermediate_size=64),
         "gpt_neox": lambda: transformers.GPTNeoXConfig(**common, intermediate_size=64),
         "opt": lambda: transformers.OPTConfig(**common, ffn_dim=64, word_embed_proj_dim=32),
+        "t5": lambda: transformers.T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                            num_heads=4, eos_token_id=0, pad_token_id=1,
+                                            decoder_start_token_id=1),
+        "bert": lambda: transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=4, intermediate_size=64,
+                                                max_position_embeddings=64, pad_token_id=1, num_labels=3),
     }
     if model_type not in configs:
-        raise ValueError(f"tiny_checkpoint builds {', '.join(TINY_ARCHITECTURES)}, not {model_type!r}.")
+        raise ValueError(f"tiny_checkpoint builds {', '.join(TINY_ARCHITECTURES)}, t5 and bert, "
+                         f"not {model_type!r}.")
+    if automodel is None:
+        automodel = (transformers.AutoModelForSeq2SeqLM if model_type == "t5"
+                     else transformers.AutoModelForCausalLM)
     torch.manual_seed(seed)
-    transformers.AutoModelForCausalLM.from_config(configs[model_type]()).save_pretrained(folder)
+    automodel.from_config(configs[model_type]()).save_pretrained(folder)
     return folder
 
 
