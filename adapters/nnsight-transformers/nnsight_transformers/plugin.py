@@ -23,7 +23,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 
-from nnsight_core import InputError, ModelKeyError, hookimpl
+from nnsight_core import BatchError, InputError, ModelKeyError, hookimpl
 
 # Arguments only generate() uses: a forward pass (trace) would silently ignore them.
 _GENERATE_ONLY = frozenset({"max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample",
@@ -125,6 +125,12 @@ def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[s
             raise InputError(f"trace() was given generate() arguments ({', '.join(ignored)}): a trace runs "
                              f"one forward pass and would ignore them; use model.generate(..., {ignored[0]}=...).")
     _check_keywords(module, method or "forward", kwargs)
+    if _pools_first_token(module) and not bool(batched["attention_mask"][:, 0].all()):
+        raise BatchError(
+            f"{type(module).__name__} pools its first token (a BERT-style pooler), but LanguageModel "
+            "pads prompts of different token counts on the left, so a shorter prompt's first token would "
+            "be padding and its result wrong: run prompts of equal token counts together, or one "
+            "prompt per trace.")
     device = module.device
     batched = {k: v.to(device) for k, v in batched.items()}
     if method == "generate":
@@ -141,6 +147,12 @@ def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[s
         # Left padding must not shift absolute positions (GPT-2): count real tokens only.
         kwargs["position_ids"] = (batched["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     return module(**batched, **kwargs)
+
+
+def _pools_first_token(module: torch.nn.Module) -> bool:
+    """Whether the model's result is read from its first token (a pooler on an encoder's output)."""
+    base = getattr(module, "base_model", None)
+    return getattr(base, "pooler", None) is not None and not module.can_generate()
 
 
 def _decoder_start(module: torch.nn.Module) -> int:
