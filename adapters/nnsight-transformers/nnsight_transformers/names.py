@@ -13,6 +13,7 @@
 ==============  ==========================================================
 
 Example:
+    >>> from nnsight_transformers import LanguageModel
     >>> from nnsight_transformers.testing import tiny_checkpoint
     >>> model = LanguageModel(tiny_checkpoint("gpt2"))
     >>> model.layers is model.transformer.h, model.layers[0].attn is model.transformer.h[0].attn

@@ -64,6 +64,7 @@ def tiny_checkpoint(model_type: str, folder: Optional[str] = None, seed: int = 0
     BERT tokenizers also have ``<pad>`` and ``<mask>`` tokens.
 
     Example:
+        >>> from nnsight_transformers import LanguageModel
         >>> model = LanguageModel(tiny_checkpoint("gpt_neox"))
         >>> type(model._model).__name__, len(model.layers)
         ('GPTNeoXForCausalLM', 2)
