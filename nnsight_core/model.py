@@ -63,7 +63,9 @@ class NNsightModel:
         torch.Size([1, 10])
 
     Attributes:
-        model_key: What the wrapper was built from (a module, or a key for ``nnsight_load``).
+        model_key: The key the model was loaded from (for ``nnsight_load``), or, for a module
+            given directly, its class name (a ``str`` either way, as in nnsight; the module
+            itself is ``_model``).
         args: Extra positional arguments given to the wrapper.
         kwargs: Extra keyword arguments given to the wrapper.
         dispatched: Whether real weights are loaded.
