@@ -14,8 +14,9 @@ from .errors import (AdapterNotFoundError, AssignmentError, BatchError, CacheErr
                      GradientError, GraphvizNotFoundError,
                      ImageFormatError, InputError, InterventionError, InvokeError, MissedCallError,
                      ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError,
-                     PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, ScanError,
-                     TokenIndexError, TraceStateError, ValueNotSetError)
+                     PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, RenameError,
+                     ScanError, TokenIndexError, TraceStateError, UnsupportedMethodError,
+                     ValueNotSetError)
 from .graph import OPS, Graph, Node
 from ._state import register_internal_package
 from .hookspecs import hookimpl, hookspec
@@ -65,11 +66,13 @@ __all__ = [
     "ProxyCallError",
     "ProxyControlFlowError",
     "ProxyScopeError",
+    "RenameError",
     "Runner",
     "ScanError",
     "Session",
     "TokenIndexError",
     "TraceStateError",
+    "UnsupportedMethodError",
     "ValueNotSetError",
     "get_plugin_manager",
     "hookimpl",

@@ -61,6 +61,18 @@ class Envoy:
                 self.__dict__[name] = child
         return child
 
+    def _descend(self, path: str) -> Envoy:
+        """The envoy at ``path``, dotted and relative to this one (where an alias leads)."""
+        envoy = self
+        for name in path.split("."):
+            envoy = envoy._child(name)
+        return envoy
+
+    def _aliases_here(self) -> str:
+        """``"; aliases: attn (self_attn), ..."`` for the aliases usable on this envoy, for messages."""
+        here = self._wrapper._aliases.at(self._path, self._module)
+        return "; aliases: " + ", ".join(f"{a} ({r})" for a, r in here.items()) if here else ""
+
     def _rebind(self, module: torch.nn.Module) -> None:
         self.__dict__["_module"] = module
         for name, child in list(self._children.items()):
@@ -76,15 +88,19 @@ class Envoy:
         module = self.__dict__["_module"]
         if name in module._modules or (not self._path and name in self._wrapper._attached):
             return self._child(name)
+        aliases = self._wrapper._aliases
+        real = aliases.resolve(self._path, module, name) if aliases else None
+        if real is not None:
+            return self._descend(real)
         try:
             return getattr(module, name)
         except AttributeError:
             pass
         children = ", ".join(module._modules) or "none"
         raise EnvoyAttributeError(
-            f"{display_path(self._path)}.{name} does not exist: {display_path(self._path)} "
+            f"{display_path(self._path)}.{name} does not exist: {aliases.shown(self._path)} "
             f"({type(module).__name__}) has no child module or attribute {name!r}; its children "
-            f"are: {children}."
+            f"are: {children}{self._aliases_here()}."
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -100,8 +116,12 @@ class Envoy:
         names = list(self._module._modules)
         if isinstance(key, str):
             if key not in self._module._modules:
-                raise EnvoyAttributeError(f"{display_path(self._path)} has no child {key!r}; its "
-                                          f"children are: {', '.join(names) or 'none'}.")
+                real = self._wrapper._aliases.resolve(self._path, self._module, key)
+                if real is not None:
+                    return self._descend(real)
+                raise EnvoyAttributeError(f"{self._wrapper._aliases.shown(self._path)} has no child {key!r}; "
+                                          f"its children are: {', '.join(names) or 'none'}"
+                                          f"{self._aliases_here()}.")
             return self._child(key)
         if isinstance(key, slice):
             return [self._child(n) for n in names[key]]
@@ -114,7 +134,7 @@ class Envoy:
             last = f" (0-{len(names) - 1})" if names else ""
             raise ModuleIndexError(
                 f"{display_path(self._path)}[{index}] does not exist: "
-                f"{display_path(self._path)} has {len(names)} modules{last}."
+                f"{self._wrapper._aliases.shown(self._path)} has {len(names)} modules{last}."
             )
         return self._child(names[index])
 
@@ -128,7 +148,8 @@ class Envoy:
         return True
 
     def __dir__(self) -> List[str]:
-        return sorted(set(super().__dir__()) | set(self._module._modules))
+        aliases = self._wrapper._aliases.at(self._path, self._module)
+        return sorted(set(super().__dir__()) | set(self._module._modules) | set(aliases))
 
     def __repr__(self) -> str:
         return repr(self._module)

@@ -36,6 +36,8 @@ __all__ = [
     "CacheKeyError",
     "GradientError",
     "ScanError",
+    "RenameError",
+    "UnsupportedMethodError",
 ]
 
 
@@ -153,3 +155,11 @@ class CacheKeyError(NNsightError, KeyError):
 
 class ScanError(NNsightError, RuntimeError):
     """Raised when a proxy's shape, dtype or device is asked inside a trace but the scan on fake tensors cannot know it."""
+
+
+class RenameError(NNsightError, ValueError):
+    """Raised when a ``rename=`` table (given, or an adapter's built-in names) does not fit the model's modules."""
+
+
+class UnsupportedMethodError(NNsightError, TypeError):
+    """Raised when a wrapper is asked to run a method its model does not have (``generate`` on a classifier)."""

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import _state
+from ._aliases import NO_ALIASES, Aliases
 from .edits import EditRunner
 from .envoy import Envoy
 from .errors import EnvoyAttributeError, InputError, InvokeError, TraceStateError
@@ -62,18 +63,28 @@ class NNsightModel:
         torch.Size([1, 10])
 
     Attributes:
-        model_key: What the wrapper was built from (a module, or a key for ``nnsight_load``).
+        model_key: The key the model was loaded from (for ``nnsight_load``), or, for a module
+            given directly, its class name (a ``str`` either way, as in nnsight; the module
+            itself is ``_model``).
         args: Extra positional arguments given to the wrapper.
         kwargs: Extra keyword arguments given to the wrapper.
         dispatched: Whether real weights are loaded.
         custom_model: Whether the wrapper was given a module rather than a key.
         proxy_class: Class of the proxies that traces create.
 
+    ``rename={"real.path" or "child_name": "alias", ...}`` (every wrapper takes it) gives
+    modules other names: a dotted path is aliased on the wrapper (``{"layer1": "first"}``
+    or ``{"model.layers": "layers"}``: ``model.layers`` is ``model.model.layers``), a
+    child name at every depth (``{"self_attn": "attn"}``). The real names keep working,
+    ``print(model)`` shows them, and graphs record the real paths. See
+    :doc:`/names`.
+
     Override points (a framework's wrapper class sets or overrides them; everything
     else comes from the adapter's hookimpls):
 
     * ``proxy_class``: the :class:`~nnsight_core.proxy.Proxy` subclass of the values a
       trace records, for framework helpers (``LanguageModel``'s ``.token[i]``).
+    * :meth:`default_rename`: aliases every model of the wrapper gets (``rename=`` extends them).
     * :meth:`batch_layout`: how an execution enlarges the invokes' batch inside the
       model (classifier-free guidance), so each invoke keeps its own rows.
 
@@ -87,13 +98,17 @@ class NNsightModel:
     _edits: Tuple[Graph, ...] = ()
     #: ``.to()`` calls made before dispatch, applied in order once the weights are loaded.
     _pending_to: Tuple[Tuple[tuple, dict], ...] = ()
+    #: The ``rename=`` table, checked and normalised (see :meth:`default_rename`).
+    _aliases: Aliases = NO_ALIASES
 
-    def __init__(self, model_key: Any, *args: Any, dispatch: bool = False, **kwargs: Any) -> None:
+    def __init__(self, model_key: Any, *args: Any, dispatch: bool = False,
+                 rename: Optional[Dict[str, str]] = None, **kwargs: Any) -> None:
         d = self.__dict__
-        d["model_key"] = model_key
+        d["custom_model"] = isinstance(model_key, torch.nn.Module)
+        # The seed's contract: a str, the class name for a module given directly (``_model`` holds it).
+        d["model_key"] = type(model_key).__name__ if d["custom_model"] else model_key
         d["args"] = args
         d["kwargs"] = kwargs
-        d["custom_model"] = isinstance(model_key, torch.nn.Module)
         d["_lock"] = _module_lock(model_key) if d["custom_model"] else threading.RLock()
         d["_attached"] = {}
         if self.custom_model:
@@ -104,6 +119,9 @@ class NNsightModel:
                 d["_model"] = call_hook("nnsight_load", model=self, model_key=model_key, args=args,
                                         kwargs=kwargs, meta=True)
             d["dispatched"] = False
+        reserved = set(dir(Envoy)) | set(dir(type(self))) | set(d)
+        d["_aliases"] = Aliases.build(self.default_rename(), rename, root=self._model,
+                                      attached=self._attached, reserved=reserved)
         d["_envoy"] = Envoy(self._model, "", self)
         if dispatch and not self.dispatched:
             self.dispatch_model()
@@ -427,6 +445,27 @@ class NNsightModel:
         """
         return {}
 
+    def default_rename(self) -> Dict[str, str]:
+        """Aliases this wrapper gives its modules before the user's ``rename=`` (which extends
+        and overrides them); called once, when the wrapper is built (on the meta skeleton
+        of a lazily loaded model). The default has none.
+
+        A framework's wrapper overrides it for names that fit every model it loads, as
+        ``LanguageModel`` does for its standard names (``layers``, ``attn``, ...).
+
+        Example:
+            >>> class Named(NNsight):
+            ...     def default_rename(self):
+            ...         return {"layer1": "first"}
+            >>> named = Named(net)
+            >>> named.first is named.layer1
+            True
+
+        Returns:
+            ``{real module path or child name: alias}``, as ``rename=`` takes it.
+        """
+        return {}
+
     def dispatch_model(self, *args: Any, **kwargs: Any) -> None:
         """Load real weights into a wrapper built from a key (no-op once dispatched).
 
@@ -597,7 +636,8 @@ class NNsightModel:
         return self._envoy(*args, **kwargs)
 
     def __dir__(self) -> List[str]:
-        return sorted(set(super().__dir__()) | set(self._model._modules))
+        aliases = self._aliases.at("", self._model)
+        return sorted(set(super().__dir__()) | set(self._model._modules) | set(aliases))
 
     def __repr__(self) -> str:
         return repr(self._model)

@@ -76,6 +76,8 @@ def test_a_pipeline_object_is_wrapped_as_is(sd_folder):
     pipe = plain(sd_folder)
     model = DiffusionModel(pipe)
     assert model.pipeline is pipe and model.dispatched and model.unet._module is pipe.unet
+    assert model.model_key == type(pipe).__name__ == "StableDiffusionPipeline"   # the seed: a str
+    assert DiffusionModel(sd_folder).model_key == sd_folder
 
 
 def test_generate_with_a_seed_equals_the_plain_pipeline(sd_folder):

@@ -580,7 +580,8 @@ def lm_token_index_outside_invoke(model):
 
 
 @case("LanguageModel", "A layer index out of range", ModuleIndexError,
-      r"model\.model\.layers\[4\] does not exist: model\.model\.layers has 2 modules \(0-1\)")
+      r"model\.model\.layers\[4\] does not exist: model\.model\.layers \(alias model\.layers\) has 2 "
+      r"modules \(0-1\)")
 def lm_layer_index(model):
     with model.trace(PROMPT):
         model.model.layers[4].output.save()

@@ -99,7 +99,10 @@ def test_print_model_is_the_module_repr(net):
 
 def test_wrapper_attributes(net):
     model = NNsight(net)
-    assert model.model_key is net and model._model is net
+    assert model.model_key == "Sequential" and model._model is net   # the seed: a str, the class name
+    with model.edit() as edited:                                       # edits copy the wrapper
+        pass
+    assert edited.model_key == "Sequential" and edited._model is net and edited._lock is model._lock
     assert model.custom_model and model.dispatched
     assert model.args == () and model.kwargs == {}
     assert model.to(torch.float64) is model

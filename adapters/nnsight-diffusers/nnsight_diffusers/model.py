@@ -103,6 +103,8 @@ class DiffusionModel(NNsight):
                 f"not a {type(model_key).__name__} module: wrap a single module with NNsight instead."
             )
         super().__init__(model_key, *args, **kwargs)
+        if self.custom_model:  # the seed's model_key: the class name of what the user passed
+            self.__dict__["model_key"] = type(self._model.pipeline).__name__
 
     @property
     def pipeline(self) -> DiffusionPipeline:

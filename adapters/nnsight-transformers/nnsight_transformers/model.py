@@ -7,9 +7,10 @@ from typing import Any, Dict, Optional
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from nnsight_core import InputError, ModelKeyError, Runner
+from nnsight_core import InputError, ModelKeyError, Runner, UnsupportedMethodError
 from nnsight_torch import NNsight
 
+from .names import ARCHITECTURES, is_causal_lm, standard_rename
 from .proxy import LanguageModelProxy
 
 __all__ = ["LanguageModel", "Generator"]
@@ -44,6 +45,14 @@ class LanguageModel(NNsight):
         tokenizer: A tokenizer; loaded from ``model_key`` when omitted.
         automodel: The ``transformers`` auto class that loads the model.
         tokenizer_kwargs: Extra arguments for ``AutoTokenizer.from_pretrained``.
+        rename: Aliases ``{real path or child name: alias}`` (see ``NNsight``); they extend
+            and override the standard names.
+        standard_names: The standard names ``layers``, ``attn``, ``mlp``, ``embed``,
+            ``ln_final``, ``lm_head`` (:mod:`nnsight_transformers.names`), checked at load.
+            None (default): on for a causal LM of a built-in architecture (GPT-2, Llama,
+            Qwen2, Mistral, Gemma, Phi, GPT-NeoX, OPT), off otherwise. True: required
+            (a model without them, or of another architecture, raises ``RenameError``
+            unless ``rename=`` names the missing ones). False: off.
         dispatch: Load the real weights at once instead of at the first trace.
         **kwargs: Passed to ``from_pretrained`` (``device_map``, ``dtype``, ``gguf_file``,
             ``revision``, ...); those that name the checkpoint (``gguf_file``, ``revision``,
@@ -59,6 +68,7 @@ class LanguageModel(NNsight):
     Attributes:
         tokenizer: The tokenizer; pads on the left and has a pad token (eos if it had none).
         automodel: The auto class used to load the model.
+        standard_names: Whether the standard names are on (decided at load).
         generator: Envoy whose ``.output`` is the ids ``generate`` returned.
     """
 
@@ -66,6 +76,7 @@ class LanguageModel(NNsight):
 
     def __init__(self, model_key: Any, *args: Any, tokenizer: Optional[PreTrainedTokenizerBase] = None,
                  automodel: Any = AutoModelForCausalLM, tokenizer_kwargs: Optional[Dict[str, Any]] = None,
+                 rename: Optional[Dict[str, str]] = None, standard_names: Optional[bool] = None,
                  **kwargs: Any) -> None:
         if isinstance(model_key, torch.nn.Module) and tokenizer is None:
             raise ModelKeyError(
@@ -76,7 +87,10 @@ class LanguageModel(NNsight):
         self.__dict__["tokenizer"] = tokenizer
         self.__dict__["automodel"] = automodel
         self.__dict__["tokenizer_kwargs"] = dict(tokenizer_kwargs or {})
-        super().__init__(model_key, *args, **kwargs)
+        self.__dict__["standard_names"] = standard_names
+        self.__dict__["_given_rename"] = rename
+        super().__init__(model_key, *args, rename=rename, **kwargs)
+        del self.__dict__["_given_rename"]
         _prepare_tokenizer(self.tokenizer)
         self.attach("generator", Generator())
 
@@ -99,13 +113,38 @@ class LanguageModel(NNsight):
                     "record the trace again on this one, or index from the end (.t[-1]).")
         super().check_requirements(invoke, prepared, requirements)
 
+    def default_rename(self) -> Dict[str, str]:
+        """The standard names (:mod:`nnsight_transformers.names`) when they are on, checked
+        against the model's structure; ``rename=`` extends and overrides them.
+
+        Raises:
+            RenameError: The standard names are on but the model lacks a module they need.
+        """
+        wanted = self.standard_names
+        if wanted is None:  # the default: on for the causal LMs of the built-in architectures
+            model_type = getattr(getattr(self._model, "config", None), "model_type", None)
+            wanted = model_type in ARCHITECTURES and is_causal_lm(self._model)
+        self.__dict__["standard_names"] = bool(wanted)
+        return standard_rename(self._model, self._given_rename) if wanted else {}
+
     def generate(self, *inputs: Any, invoker_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Runner:
         """A trace that runs ``generate()``; keyword arguments (``max_new_tokens``, ...) go to it.
 
         Every module runs once per generation step, so ``.next()`` addresses the
         next step; ``model.generator.output`` is the generated ids (prompt
-        included, left padding of shorter invokes included).
+        included, left padding of shorter invokes included; for an encoder-decoder,
+        the decoder's ids). The encoder of an encoder-decoder runs once, its
+        decoder once per step.
+
+        Raises:
+            UnsupportedMethodError: The model cannot generate (a classifier, a masked LM).
         """
+        if not self._model.can_generate():
+            raise UnsupportedMethodError(
+                f"{type(self._model).__name__} cannot generate (it has no language-model head for "
+                f"next tokens; it was loaded with automodel={getattr(self.automodel, '__name__', self.automodel)}): "
+                "use model.trace(...) to run it, or load a model that generates, e.g. "
+                "automodel=AutoModelForCausalLM or AutoModelForSeq2SeqLM.")
         return self.runner(*inputs, method="generate", invoker_args=invoker_args, **kwargs)
 
 

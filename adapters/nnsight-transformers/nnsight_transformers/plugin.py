@@ -23,13 +23,15 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 
-from nnsight_core import InputError, ModelKeyError, hookimpl
+from nnsight_core import BatchError, InputError, ModelKeyError, hookimpl
 
 # Arguments only generate() uses: a forward pass (trace) would silently ignore them.
 _GENERATE_ONLY = frozenset({"max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample",
                             "temperature", "top_k", "top_p", "num_beams", "num_return_sequences",
                             "repetition_penalty", "streamer", "stopping_criteria", "logits_processor",
                             "generation_config"})
+# Keywords that give an encoder-decoder's forward pass its decoder inputs.
+_DECODER_INPUTS = frozenset({"decoder_input_ids", "decoder_inputs_embeds", "labels"})
 # from_pretrained arguments that name the checkpoint, so config and tokenizer need them too.
 _CHECKPOINT_KWARGS = ("revision", "gguf_file", "subfolder", "trust_remote_code", "cache_dir", "token",
                       "local_files_only", "force_download")
@@ -123,6 +125,12 @@ def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[s
             raise InputError(f"trace() was given generate() arguments ({', '.join(ignored)}): a trace runs "
                              f"one forward pass and would ignore them; use model.generate(..., {ignored[0]}=...).")
     _check_keywords(module, method or "forward", kwargs)
+    if _pools_first_token(module) and not bool(batched["attention_mask"][:, 0].all()):
+        raise BatchError(
+            f"{type(module).__name__} pools its first token (a BERT-style pooler), but LanguageModel "
+            "pads prompts of different token counts on the left, so a shorter prompt's first token would "
+            "be padding and its result wrong: run prompts of equal token counts together, or one "
+            "prompt per trace.")
     device = module.device
     batched = {k: v.to(device) for k, v in batched.items()}
     if method == "generate":
@@ -131,10 +139,35 @@ def nnsight_execute(model: Any, batched: Dict[str, torch.Tensor], kwargs: Dict[s
         return model._attached["generator"](output)
     if method is not None:
         return getattr(module, method)(**batched, **kwargs)
+    if getattr(module.config, "is_encoder_decoder", False) and not _DECODER_INPUTS.intersection(kwargs):
+        # A forward pass of an encoder-decoder needs decoder inputs: by default its first step.
+        rows = batched["input_ids"].shape[0]
+        kwargs["decoder_input_ids"] = torch.full((rows, 1), _decoder_start(module), device=device)
     if "position_ids" not in kwargs and _takes_position_ids(type(module)):
         # Left padding must not shift absolute positions (GPT-2): count real tokens only.
         kwargs["position_ids"] = (batched["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     return module(**batched, **kwargs)
+
+
+def _pools_first_token(module: torch.nn.Module) -> bool:
+    """Whether the model's result is read from its first token (a pooler on an encoder's output)."""
+    base = getattr(module, "base_model", None)
+    return getattr(base, "pooler", None) is not None and not module.can_generate()
+
+
+def _decoder_start(module: torch.nn.Module) -> int:
+    """The token an encoder-decoder's decoder starts from.
+
+    Raises:
+        InputError: The config names none (then the trace must pass ``decoder_input_ids``).
+    """
+    for config in (getattr(module, "generation_config", None), module.config):
+        start = getattr(config, "decoder_start_token_id", None)
+        if isinstance(start, int):
+            return start
+    raise InputError(f"{type(module).__name__} is an encoder-decoder whose config has no "
+                     "decoder_start_token_id: pass the decoder's inputs, "
+                     "model.trace(prompt, decoder_input_ids=...).")
 
 
 def _check_keywords(module: torch.nn.Module, method: str, kwargs: Dict[str, Any]) -> None:
