@@ -15,6 +15,7 @@ from .errors import (AdapterNotFoundError, AssignmentError, BatchError, CacheErr
                      ImageFormatError, InputError, InterventionError, InvokeError, MissedCallError,
                      ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError,
                      PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, ScanError,
+                     SourceError,
                      TokenIndexError, TraceStateError, ValueNotSetError)
 from .graph import OPS, Graph, Node
 from ._state import register_internal_package
@@ -68,6 +69,7 @@ __all__ = [
     "Runner",
     "ScanError",
     "Session",
+    "SourceError",
     "TokenIndexError",
     "TraceStateError",
     "ValueNotSetError",

@@ -36,6 +36,7 @@ __all__ = [
     "CacheKeyError",
     "GradientError",
     "ScanError",
+    "SourceError",
 ]
 
 
@@ -153,3 +154,7 @@ class CacheKeyError(NNsightError, KeyError):
 
 class ScanError(NNsightError, RuntimeError):
     """Raised when a proxy's shape, dtype or device is asked inside a trace but the scan on fake tensors cannot know it."""
+
+
+class SourceError(NNsightError, RuntimeError):
+    """Raised when ``.source`` cannot look inside a forward or function: no Python source, or no such call site."""
