@@ -227,9 +227,9 @@ class Envoy:
 
         Example:
             >>> with model.trace(x):
-            ...     model.layer1.skip(model.layer1.input)       # layer1 becomes the identity
-            ...     seen = model.sigma1.input.save()
-            >>> torch.equal(seen.value, x)
+            ...     model.sigma1.skip(model.sigma1.input)       # sigma1 becomes the identity
+            ...     seen = model.layer2.input.save()
+            >>> torch.equal(seen.value, net.layer1(x))
             True
         """
         invoker = self._invoker("skip()")
@@ -367,8 +367,12 @@ class SourceEnvoy:
     """The call sites inside one function (a module's forward, or what a call site calls).
 
     Example:
-        >>> model.layer1.source.linear_0                 # F.linear(...) in Linear.forward
-        <call site model.layer1.source.linear_0: F.linear (line 125)>
+        >>> print(model.layer1.source)                    # doctest: +ELLIPSIS
+        model.layer1.source: torch.nn.modules.linear.Linear.forward
+        ...
+        linear_0 -> ...      return F.linear(input, self.weight, self.bias)
+        >>> model.layer1.source.linear_0                  # doctest: +ELLIPSIS
+        <call site model.layer1.source.linear_0: F.linear (line ...)>
 
     Attribute access gives a :class:`CallSite`; ``print()`` shows the source with
     each line's call-site names in the margin.

@@ -189,7 +189,7 @@ class Interleaver:
         self._edits = graph.edits
         self._restore: List[Tuple[torch.nn.Module, Any]] = []
         # Module path -> invoke -> (skip node, value), set by `skip` nodes in the module's inputs event.
-        self._skips: Dict[str, Dict[int, Tuple[Node, Any]]] = {}
+        self._skipped_by: Dict[str, Dict[int, Tuple[Node, Any]]] = {}
         self._skipping: Set[str] = set()  # the paths that skip nodes name
         self._calls: Dict[Tuple[str, str], int] = {}
         self._open: Dict[Tuple[str, str, int], _Event] = {}
@@ -313,7 +313,7 @@ class Interleaver:
         the call."""
         if path not in self._skipping:
             return forward
-        skips = self._skips
+        skips = self._skipped_by
 
         def skipping(*args: Any, **kwargs: Any) -> Any:
             chosen = skips.pop(path, None)
@@ -728,7 +728,7 @@ class Interleaver:
     def skip(self, node: Node, args: tuple, kwargs: dict) -> Any:
         self._event_of(node)  # only inside the module's inputs event
         path = node.target[0]
-        self._skips.setdefault(path, {})[node.invoke] = (node, args[1])
+        self._skipped_by.setdefault(path, {})[node.invoke] = (node, args[1])
         return args[1]
 
     def _event_of(self, node: Node) -> _Event:
