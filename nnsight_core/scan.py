@@ -309,8 +309,9 @@ class ScanInterleaver(Interleaver):
         super().feed(node, value)
         self._ran(node)
 
-    def _ran(self, node: Node) -> None:
-        if self._left is not None and node.index in self._targets:
+    def _ran(self, node: Node, checked: bool = False) -> None:
+        # A skip is checked when its module's forward returns (skipped_output), not when it runs.
+        if self._left is not None and node.index in self._targets and (checked or node.op != "skip"):
             self._left -= 1
 
     def _run(self, node: Node) -> None:
@@ -335,7 +336,10 @@ class ScanInterleaver(Interleaver):
                        args: tuple, kwargs: dict) -> Any:
         # On fake tensors the forward costs nothing: run it, so each value is checked against
         # what the module returns before the real run skips it.
-        return self._overwrite(path, chosen, forward(*args, **kwargs))
+        result = self._overwrite(path, chosen, forward(*args, **kwargs))
+        for node, _ in chosen.values():
+            self._ran(node, checked=True)
+        return result
 
     def apply(self, node: Node, args: tuple, kwargs: dict) -> Any:
         return _Unknown("the scan does not call functions given to tracer.apply() or tracer.log()")

@@ -29,8 +29,8 @@ Costs and guarantees:
   ``deprecate_kwarg``) keep working: each wrapper is rebuilt around the rewritten
   function, never re-executed.
 * Calls that read their caller's frame (``super()``, ``locals()``, ``vars()``,
-  ``dir()``, ``globals()``, ``eval``, ``exec``, ``breakpoint()``) are left as they
-  are and get no name.
+  ``dir()``, ``globals()``, ``eval``, ``exec``, ``breakpoint()``, ``sys._getframe()``,
+  ``inspect.currentframe()``) are left as they are and get no name.
 
 This module plugs into the Interleaver through its ``inside`` extension point.
 """
@@ -61,6 +61,7 @@ _CALL = "__nnsight_call__"
 _FACTORY = "__nnsight_source__"
 # Calls that read their caller's frame: through the dispatcher they would read the wrong one.
 _FRAME_READERS = frozenset({"super", "locals", "globals", "vars", "dir", "eval", "exec", "breakpoint"})
+_FRAME_METHODS = frozenset({"_getframe", "currentframe"})  # sys._getframe(), inspect.currentframe()
 
 
 class Site(NamedTuple):
@@ -271,7 +272,9 @@ def _locate(factory: ast.FunctionDef, definition: ast.AST) -> None:
 
 
 def _reads_frame(call: ast.Call) -> bool:
-    return isinstance(call.func, ast.Name) and call.func.id in _FRAME_READERS
+    func = call.func
+    return ((isinstance(func, ast.Name) and func.id in _FRAME_READERS)
+            or (isinstance(func, ast.Attribute) and func.attr in _FRAME_METHODS))
 
 
 def _callee(func: ast.expr) -> str:
