@@ -1,6 +1,6 @@
 """Source: the call sites inside a module's forward, as hook points (``envoy.source``).
 
-A module's ``forward`` is parsed with :mod:`ast` and every call expression
+A module's ``forward`` is parsed with Python's ``ast`` and every call expression
 ``f(a, k=b)`` in it becomes ``__nnsight_call__("f_0", f, a, k=b)``: a call of
 the same callee with the same arguments through a dispatcher that, in an
 execution that asked for that call site, runs the site's hook events (its
@@ -93,8 +93,7 @@ class Rewrite:
         lines: The function's source lines, and the line number of the first.
     """
 
-    def __init__(self, function: types.FunctionType, sites: List[Site], code: types.CodeType,
-                 lines: Tuple[List[str], int]) -> None:
+    def __init__(self, function: Any, sites: List[Site], code: Any, lines: Tuple[List[str], int]) -> None:
         self.function = function
         self.sites = sites
         self.code = code
@@ -109,7 +108,7 @@ class Rewrite:
         """The call site called ``name``, or None."""
         return self._by_name.get(name)
 
-    def build(self, function: types.FunctionType, dispatch: Callable[..., Any]) -> types.FunctionType:
+    def build(self, function: Any, dispatch: Callable[..., Any]) -> Any:
         """A new function running the rewritten code with ``function``'s globals, defaults and
         closure, its calls going through ``dispatch(name, callee, *args, **kwargs)``."""
         cells = dict(zip(function.__code__.co_freevars, function.__closure__ or ()))
