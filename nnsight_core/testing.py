@@ -432,8 +432,8 @@ class AdapterConformance:
                        for name, sub in module.named_modules() if name]
             try:
                 with torch.no_grad():
-                    if traced:
-                        with model.trace(*inputs, **self.trace_kwargs):
+                    if traced:  # no scan: it would run the forward on fake tensors to check `value`
+                        with model.trace(*inputs, scan=False, **self.trace_kwargs):
                             self._envoy(model).skip(value)
                             final = model.output.save()
                         return calls, self.final_tensor(final.value)
