@@ -26,6 +26,7 @@ from nnsight_transformers import LanguageModel, smollm2_checkpoint
 EIFFEL = "The Eiffel Tower is in the city of"
 COLOSSEUM = "The Colosseum is in the city of"
 PATCH_LAYER = 15
+PATTERN_LAYER, PATTERN_HEAD = 15, 0
 
 
 def top_tokens(model: LanguageModel, logits: torch.Tensor, k: int = 5) -> List[tuple]:
@@ -119,6 +120,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = os.path.abspath(args.out)
     write_heatmap(model, EIFFEL, top_p, top_id, out)
     print(f"\nWrote the logit-lens heatmap (top-token probability per layer and token) to {out}")
+
+    # -- 4. Inside a module: one head's attention pattern through .source ----------------
+    # The pattern exists only inside attention's forward. With eager attention
+    # (attn_implementation="eager") transformers computes it in plain PyTorch, in
+    # eager_attention_forward, which the attention module's forward calls as
+    # `attention_interface(...)`; its `softmax` call is the pattern. (SDPA computes it
+    # inside one fused kernel, where no call site can see it, hence a second wrapper.)
+    eager = LanguageModel(folder, attn_implementation="eager")
+    attn = eager.model.layers[PATTERN_LAYER].self_attn
+    with eager.trace(EIFFEL):
+        pattern = attn.source.attention_interface_0.source.softmax_0.output[0, PATTERN_HEAD].save()
+    tokens = [eager.tokenizer.decode(int(i)) for i in eager.tokenizer(EIFFEL)["input_ids"]]
+    print(f"\n4. Attention pattern of head {PATTERN_HEAD} at layer {PATTERN_LAYER}, read inside the "
+          "forward at\n   model.model.layers[15].self_attn.source.attention_interface_0.source.softmax_0 "
+          "(rows: queries, columns: keys):")
+    print("   " + " " * 10 + "".join(f"{t.strip()[:6]:>7}" for t in tokens))
+    for q, text in enumerate(tokens):
+        print(f"   {text.strip()[:9]:>9} " + "".join(
+            f"{float(pattern.value[q, k]):7.2f}" if k <= q else f"{'':>7}" for k in range(len(tokens))))
     print(f"Done in {time.perf_counter() - start:.1f} s.")
     return 0
 

@@ -15,7 +15,7 @@ from .errors import (AdapterNotFoundError, AssignmentError, BatchError, CacheErr
                      ImageFormatError, InputError, InterventionError, InvokeError, MissedCallError,
                      ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError,
                      PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, RenameError,
-                     ScanError, TokenIndexError, TraceStateError, UnsupportedMethodError,
+                     ScanError, SourceError, TokenIndexError, TraceStateError, UnsupportedMethodError,
                      ValueNotSetError)
 from .graph import OPS, Graph, Node
 from ._state import register_internal_package
@@ -70,6 +70,7 @@ __all__ = [
     "Runner",
     "ScanError",
     "Session",
+    "SourceError",
     "TokenIndexError",
     "TraceStateError",
     "UnsupportedMethodError",

@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, Union
 import torch
 
 from . import _state
-from .errors import EnvoyAttributeError, InvokeError, ModuleIndexError, TraceStateError
+from .errors import EnvoyAttributeError, InvokeError, ModuleIndexError, SourceError, TraceStateError
 from .graph import display_path
 from .proxy import Proxy, _record
+from .source import SOURCE, format_source, forward_of, last_callee, rewrite, static_callee
 
 if TYPE_CHECKING:
     from .model import NNsightModel
     from .tracer import Invoker
 
-__all__ = ["Envoy"]
+__all__ = ["Envoy", "SourceEnvoy", "CallSite"]
 
 
 class Envoy:
@@ -35,7 +36,8 @@ class Envoy:
         [0.5]
 
     A child whose name collides with an envoy attribute (``output``, ``input``,
-    ``inputs``, ``next``, ``all``, ``iter``) is reached with ``envoy["output"]``.
+    ``inputs``, ``next``, ``all``, ``iter``, ``skip``, ``source``) is reached with
+    ``envoy["output"]``.
     """
 
     def __init__(self, module: torch.nn.Module, path: str, model: NNsightModel) -> None:
@@ -234,6 +236,45 @@ class Envoy:
         """
         return _CallIndexer(self)
 
+    def skip(self, value: Any) -> None:
+        """Do not run the module's forward for this invoke at its current call: its output is ``value``.
+
+        When the invoke owns the whole batch, the forward is not called at all. With
+        several invokes, the forward runs on the whole batch and this invoke's rows of
+        its output are overwritten with ``value`` (a batched module cannot run on some
+        rows only without changing the shapes the other invokes see). ``value`` is
+        checked against the output's shape by the scan (a tensor constant) or when it
+        is written into the rows.
+
+        Example:
+            >>> with model.trace(x):
+            ...     model.sigma1.skip(model.sigma1.input)       # sigma1 becomes the identity
+            ...     seen = model.layer2.input.save()
+            >>> torch.equal(seen.value, net.layer1(x))
+            True
+        """
+        invoker = self._invoker("skip()")
+        inputs = self._value("inputs", invoker)
+        invoker._set_node("skip", self._path, self._call(invoker), inputs, value)
+
+    @property
+    def source(self) -> SourceEnvoy:
+        """The call sites inside this module's forward, each an envoy-like :class:`CallSite`.
+
+        Call sites are named ``<callee>_<k>``: the callee's last dotted name and its
+        0-based occurrence in the source. ``print(envoy.source)`` shows the forward with
+        each line's call sites in the margin. Only modules asked for ``.source`` inside
+        a trace run a rewritten forward, and only during that trace's execution.
+
+        Example:
+            >>> with model.trace(x):
+            ...     pre = model.layer1.source.linear_0.output.save()   # F.linear(...) in Linear.forward
+            >>> torch.equal(pre.value, net.layer1(x))
+            True
+        """
+        return SourceEnvoy(self, forward_of(self._module, self._path),
+                           f"{self._path}.{SOURCE}" if self._path else SOURCE, self._module)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         runner = _state.current_runner()
         if runner is None or runner._model is not self._wrapper:
@@ -342,3 +383,128 @@ def call_range(calls: Union[int, slice], where: str) -> Tuple[int, Optional[int]
                           "known before the model has run).")
     return start, stop, step
 
+
+class SourceEnvoy:
+    """The call sites inside one function (a module's forward, or what a call site calls).
+
+    Example:
+        >>> print(model.layer1.source)                    # doctest: +ELLIPSIS
+        model.layer1.source: torch.nn.modules.linear.Linear.forward
+        ...
+        linear_0 -> ...      return F.linear(input, self.weight, self.bias)
+        >>> model.layer1.source.linear_0                  # doctest: +ELLIPSIS
+        <call site model.layer1.source.linear_0: F.linear (line ...)>
+
+    Attribute access gives a :class:`CallSite`; ``print()`` shows the source with
+    each line's call-site names in the margin.
+    """
+
+    def __init__(self, owner: Envoy, function: Any, prefix: str, module: Optional[torch.nn.Module]) -> None:
+        d = self.__dict__
+        d["_owner"] = owner
+        d["_function"] = function  # None: only known once the model ran the call site
+        d["_prefix"] = prefix
+        d["_self"] = module
+
+    def __getattr__(self, name: str) -> CallSite:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        function = self._function
+        if function is not None and rewrite(function).site(name) is None:
+            names = rewrite(function).names()
+            raise EnvoyAttributeError(
+                f"{display_path(self._prefix)}.{name} does not exist: {_label(function)} has the call "
+                f"sites {', '.join(names) or '(none)'}; print({display_path(self._prefix)}) shows each "
+                "on its line.")
+        return CallSite(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise EnvoyAttributeError(f"{display_path(self._prefix)}.{name} = ...: assign a call site's "
+                                  f"value instead, e.g. {display_path(self._prefix)}.{name}.output = ...")
+
+    def __dir__(self) -> List[str]:
+        return [] if self._function is None else rewrite(self._function).names()
+
+    def __repr__(self) -> str:
+        if self._function is None:
+            return (f"{display_path(self._prefix)}: what this call site calls is a local variable, known "
+                    "once the model has run it in a trace that looks inside it (save its .output once).")
+        return format_source(self._function, f"{display_path(self._prefix)}: {_label(self._function)}")
+
+
+class CallSite(Envoy):
+    """One call site inside a forward: ``.input``, ``.inputs``, ``.output``, ``.next()``,
+    ``.all()``, ``.iter``, ``.skip()`` as for a module, and ``.source`` of the function it calls.
+
+    Example:
+        >>> with model.trace(x):
+        ...     model.layer1.source.linear_0.output[:] = 0      # edit inside the forward
+        ...     seen = model.sigma1.input.save()
+        >>> seen.value.abs().sum().item()
+        0.0
+    """
+
+    def __init__(self, parent: SourceEnvoy, name: str) -> None:
+        owner = parent._owner
+        super().__init__(owner._module, f"{parent._prefix}.{name}", owner._wrapper)
+        self.__dict__["_parent"] = parent
+        self.__dict__["_name"] = name
+
+    @property
+    def source(self) -> SourceEnvoy:
+        """The call sites inside the plain function this call site calls.
+
+        What it calls is read from the source when it is a global, closure or module
+        attribute name; when it is a local variable (transformers' ``attention_interface``),
+        from the latest execution that looked inside this forward.
+        """
+        parent, name = self._parent, self._name
+        function = parent._function
+        callee = None
+        if function is not None:
+            callee = last_callee(function, name) or static_callee(function, name, parent._self)
+        if isinstance(callee, torch.nn.Module):
+            raise SourceError(f"{display_path(self._path)}.source: this call site calls a module "
+                              f"({type(callee).__name__}); look inside it through its own envoy's .source.")
+        return SourceEnvoy(self, callee, f"{self._path}.{SOURCE}", getattr(callee, "__self__", None))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        raise EnvoyAttributeError(f"{display_path(self._path)}.{name} does not exist: a call site has "
+                                  ".input, .inputs, .output, .next(), .all(), .iter, .skip() and .source.")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+        else:
+            raise EnvoyAttributeError(f"{display_path(self._path)}.{name} = ...: a call site's values are "
+                                      ".output, .input and .inputs.")
+
+    def __getitem__(self, key: Any) -> Any:
+        raise TypeError(f"{display_path(self._path)} is a call site, not a module list")
+
+    def __iter__(self) -> Iterator[Envoy]:
+        raise TypeError(f"{display_path(self._path)} is a call site, not a module list")
+
+    def __len__(self) -> int:
+        raise TypeError(f"{display_path(self._path)} is a call site, not a module list")
+
+    def __dir__(self) -> List[str]:
+        return ["all", "input", "inputs", "iter", "next", "output", "skip", "source"]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{display_path(self._path)} is a call site; call the module or function it "
+                        "calls directly instead.")
+
+    def __repr__(self) -> str:
+        function = self._parent._function
+        site = None if function is None else rewrite(function).site(self._name)
+        if site is None:
+            return f"<call site {display_path(self._path)}>"
+        return f"<call site {display_path(self._path)}: {site.text} (line {site.line})>"
+
+
+def _label(function: Any) -> str:
+    name = getattr(function, "__qualname__", None) or repr(function)
+    return f"{getattr(function, '__module__', '')}.{name}".lstrip(".")

@@ -38,6 +38,7 @@ __all__ = [
     "ScanError",
     "RenameError",
     "UnsupportedMethodError",
+    "SourceError",
 ]
 
 
@@ -163,3 +164,7 @@ class RenameError(NNsightError, ValueError):
 
 class UnsupportedMethodError(NNsightError, TypeError):
     """Raised when a wrapper is asked to run a method its model does not have (``generate`` on a classifier)."""
+
+
+class SourceError(NNsightError, RuntimeError):
+    """Raised when ``.source`` cannot look inside a forward or function: no Python source, or no such call site."""

@@ -39,6 +39,10 @@ OPS: Dict[str, str] = {
     "args: (the inputs node, new (args, kwargs)).",
     "set_input": "Replace a module's first positional argument. target: (module path, call index); "
     "args: (the inputs node, new value).",
+    "skip": "Do not run a module's forward for an invoke's rows at one call: its output there is "
+    "args[1] (envoy.skip(value)). target: (module path, call index); args: (the inputs node, value). "
+    "Runs in the module's inputs event; when the invoke owns the whole batch the forward is not "
+    "called, otherwise it runs and the invoke's rows of its output are overwritten.",
     "operator": "A Python operator. target: its name in the standard `operator` module ('add', 'neg', ...).",
     "getitem": "value[index]. args: (value, index).",
     "setitem": "value[index] = new, in place. args: (value, index, new).",
@@ -60,7 +64,7 @@ OPS: Dict[str, str] = {
 }
 
 #: Ops whose value belongs to one module call; they run inside that module's hook.
-MODULE_VALUE_OPS = frozenset({"output", "inputs", "set_output", "set_inputs", "set_input"})
+MODULE_VALUE_OPS = frozenset({"output", "inputs", "set_output", "set_inputs", "set_input", "skip"})
 #: The module-value ops whose value a hook supplies (the others replace a module value).
 FED_OPS = frozenset({"output", "inputs"})
 # Ops through which an in-place edit still reaches the value they were taken from.
@@ -218,6 +222,8 @@ class Node:
             attr = {"set_output": "output", "set_inputs": "inputs", "set_input": "input"}.get(self.op, self.op)
             verb = "assignment to " if self.op.startswith("set_") else ""
             calls = call if type(call) is Iteration else f"call {call}"
+            if self.op == "skip":
+                return f"{display_path(path)}.skip() ({calls}, invoke {self.invoke})"
             return f"{verb}{display_path(path)}.{attr} ({calls}, invoke {self.invoke})"
         label = f"node %{self.index} {self.op}"
         if self.op in ("operator", "getattr", "call_method", "call_module"):
@@ -455,7 +461,7 @@ def register(node: Node, fed: Dict[Tuple[str, str, int], List[Node]],
 
 #: Which hook event (a module's inputs or its output) each module-value op belongs to.
 EVENT_KIND = {"output": "output", "set_output": "output",
-               "inputs": "inputs", "set_inputs": "inputs", "set_input": "inputs"}
+               "inputs": "inputs", "set_inputs": "inputs", "set_input": "inputs", "skip": "inputs"}
 _CONTAINERS = frozenset({tuple, list, dict, slice})
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import operator as _operator
 import threading
 from heapq import heappop, heappush
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -155,10 +155,20 @@ class Interleaver:
     Override points: one method per graph operation (``operator``, ``getitem``,
     ``setitem``, ``getattr``, ``call_method``, ``call_function``, ``call_module``,
     ``save``, ``apply``, ``stop``, ``set_output``, ``set_inputs``, ``set_input``,
-    ``grad``, ``set_grad``, ``backward``), each called as ``method(node, args,
-    kwargs)`` with concrete arguments. A subclass that runs graphs differently
-    (the scan on fake tensors, :class:`nnsight_core.scan.ScanInterleaver`) overrides them.
+    ``skip``, ``grad``, ``set_grad``, ``backward``), each called as ``method(node, args,
+    kwargs)`` with concrete arguments, and :meth:`skipped_output`. A subclass that runs
+    graphs differently (the scan on fake tensors, :class:`nnsight_core.scan.ScanInterleaver`)
+    overrides them.
+
+    Extension point for hook paths inside a module's forward (``inside``): a layer above
+    registers, under a path part such as ``"source"``, a function ``install(interleaver,
+    {path: {event kinds}})`` that hooks the paths holding ``.source.`` before the modules'
+    own hooks are set, with :meth:`module`, :meth:`replace_forward` and :meth:`wrap`
+    (:mod:`nnsight_core.source` does, for call sites inside a forward).
     """
+
+    #: Path part -> the function that hooks the graph's paths holding ``.<part>.`` (see above).
+    inside: ClassVar[Dict[str, Callable[[Interleaver, Dict[str, Set[str]]], None]]] = {}
 
     def __init__(self, graph: Graph, root: torch.nn.Module,
                  attached: Optional[Dict[str, torch.nn.Module]] = None, batch: Optional[Batch] = None,
@@ -178,6 +188,9 @@ class Interleaver:
         self._fed = graph.fed
         self._edits = graph.edits
         self._restore: List[Tuple[torch.nn.Module, Any]] = []
+        # Module path -> invoke -> (skip node, value), set by `skip` nodes in the module's inputs event.
+        self._skipped_by: Dict[str, Dict[int, Tuple[Node, Any]]] = {}
+        self._skipping: Set[str] = set()  # the paths that skip nodes name
         self._calls: Dict[Tuple[str, str], int] = {}
         self._open: Dict[Tuple[str, str, int], _Event] = {}
         self._ready: List[int] = []
@@ -211,7 +224,17 @@ class Interleaver:
             kinds: Dict[str, set] = {}
             for kind, path in self.graph.modules():
                 kinds.setdefault(path, set()).add(kind)
+            self._skipping = {node.target[0] for node in self.graph.nodes if node.op == "skip"}
+            # Paths inside forwards first: the modules' own hooks then wrap what they install.
+            for part, install in self.inside.items():
+                marker = f".{part}."
+                inside = {path: kinds.pop(path) for path in list(kinds) if marker in f".{path}."}
+                if inside:
+                    install(self, inside)
             for path, wanted in kinds.items():
+                if path in self._skipping:
+                    module = self.module(path)
+                    self.replace_forward(module, self.skippable(path, module.forward))
                 self._hook(path, "inputs" in wanted, "output" in wanted)
             self.drain()
         except BaseException:
@@ -253,7 +276,17 @@ class Interleaver:
 
     def _hook(self, path: str, inputs: bool, output: bool) -> None:
         module = self.module(path)
-        forward = module.forward
+        self.replace_forward(module, self.wrap(path, module.forward, inputs, output))
+
+    def replace_forward(self, module: torch.nn.Module, forward: Callable[..., Any]) -> None:
+        """Set ``forward`` as ``module``'s forward for this execution (restored by :meth:`remove_hooks`)."""
+        self._restore.append((module, module.__dict__.get("forward")))
+        module.__dict__["forward"] = forward
+
+    def wrap(self, path: str, forward: Callable[..., Any], inputs: bool, output: bool) -> Callable[..., Any]:
+        """``forward`` with the hook events of ``path`` around it: its ``inputs`` event before the
+        call and its ``output`` event after (each counted per call); a call from another thread,
+        or from an ad-hoc ``call_module`` node, passes straight through."""
         event = self._event
         thread = self._thread
 
@@ -272,8 +305,51 @@ class Interleaver:
             return result
 
         hooked.__wrapped__ = forward  # inspect.signature() reports the real forward
-        self._restore.append((module, module.__dict__.get("forward")))
-        module.__dict__["forward"] = hooked
+        return hooked
+
+    def skippable(self, path: str, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """``forward`` that honours the ``skip`` nodes of ``path`` (``forward`` itself when the graph
+        has none): they run in its inputs event (set up by :meth:`wrap` around this), just before
+        the call."""
+        if path not in self._skipping:
+            return forward
+        skips = self._skipped_by
+
+        def skipping(*args: Any, **kwargs: Any) -> Any:
+            chosen = skips.pop(path, None)
+            if chosen is None:
+                return forward(*args, **kwargs)
+            return self.skipped_output(path, chosen, forward, args, kwargs)
+
+        skipping.__wrapped__ = forward
+        return skipping
+
+    def skipped_output(self, path: str, chosen: Dict[int, Tuple[Node, Any]], forward: Callable[..., Any],
+                       args: tuple, kwargs: dict) -> Any:
+        """The output of a call of ``path`` that the invokes in ``chosen`` skip (invoke -> (skip
+        node, value)).
+
+        When one invoke owns the whole batch, ``forward`` is not called: its value is the
+        output. Otherwise the forward runs on the whole batch and each skipping invoke's rows
+        of its output are overwritten with its value: a batched module cannot run on a subset
+        of the rows without changing the shapes the other invokes see. Override point: the
+        scan always runs the forward (on fake tensors) to check the values' shapes.
+        """
+        if self._whole:
+            return next(iter(chosen.values()))[1]
+        return self._overwrite(path, chosen, forward(*args, **kwargs))
+
+    def _overwrite(self, path: str, chosen: Dict[int, Tuple[Node, Any]], result: Any) -> Any:
+        """``result`` with each skipping invoke's rows replaced by its value (shapes checked)."""
+        replaced, narrowed = {}, {}
+        for invoke, (node, value) in chosen.items():
+            rows = result if self._whole else narrow(result, self._table, invoke)
+            _check_assignment(node, rows, value)
+            narrowed[invoke], replaced[invoke] = rows, value
+        if self._whole:
+            return next(iter(replaced.values()))
+        call = self._calls.get(("inputs", path), 1) - 1
+        return write_back(result, replaced, narrowed, self._table, f"{display_path(path)}.skip() (call {call})")
 
     def _event(self, kind: str, path: str, value: Any) -> Any:
         calls = self._calls
@@ -649,6 +725,12 @@ class Interleaver:
         self._event_of(node).replaced[node.invoke] = new
         return new
 
+    def skip(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        self._event_of(node)  # only inside the module's inputs event
+        path = node.target[0]
+        self._skipped_by.setdefault(path, {})[node.invoke] = (node, args[1])
+        return args[1]
+
     def _event_of(self, node: Node) -> _Event:
         kind = "inputs" if node.op != "set_output" else "output"
         event = self._open.get((kind,) + tuple(node.target))
@@ -693,7 +775,7 @@ def _check_assignment(node: Node, old: Any, new: Any) -> None:
         raise AssignmentError(f"{where}: {problem}")
 
 
-_ASSIGNED = {"set_output": "output", "set_input": "input", "set_inputs": "inputs"}
+_ASSIGNED = {"set_output": "output", "set_input": "input", "set_inputs": "inputs", "skip": "output"}
 
 
 def _mismatch(before: torch.Tensor, after: Any, attr: str) -> Optional[str]:

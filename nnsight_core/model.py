@@ -20,6 +20,7 @@ from .envoy import Envoy
 from .errors import EnvoyAttributeError, InputError, InvokeError, TraceStateError
 from .graph import MODULE_VALUE_OPS, Graph, display_path
 from .interleaver import Batch, Interleaver, StopExecution, module_at
+from .source import split_path
 from .plugins import call_hook
 from .proxy import InterventionProxy, Proxy
 from .session import Session
@@ -337,7 +338,7 @@ class NNsightModel:
                               f"inputs for {len(groups)}; pass invokes=[...] with one entry per invoke.")
         for node in graph.nodes:
             path = node.target[0] if node.op in MODULE_VALUE_OPS else node.target if node.op == "call_module" else None
-            if path is not None and module_at(self._model, self._attached, path) is None:
+            if path is not None and module_at(self._model, self._attached, split_path(path)[0]) is None:
                 raise EnvoyAttributeError(
                     f"{node.describe()} (node %{node.index}) needs {display_path(path)}, which this "
                     f"{type(self).__name__} does not have: run the graph on a model with the module "

@@ -309,8 +309,9 @@ class ScanInterleaver(Interleaver):
         super().feed(node, value)
         self._ran(node)
 
-    def _ran(self, node: Node) -> None:
-        if self._left is not None and node.index in self._targets:
+    def _ran(self, node: Node, checked: bool = False) -> None:
+        # A skip is checked when its module's forward returns (skipped_output), not when it runs.
+        if self._left is not None and node.index in self._targets and (checked or node.op != "skip"):
             self._left -= 1
 
     def _run(self, node: Node) -> None:
@@ -330,6 +331,15 @@ class ScanInterleaver(Interleaver):
             raise self.failure from cause
         if self.done[node.index]:
             self._ran(node)
+
+    def skipped_output(self, path: str, chosen: Dict[int, Tuple[Node, Any]], forward: Any,
+                       args: tuple, kwargs: dict) -> Any:
+        # On fake tensors the forward costs nothing: run it, so each value is checked against
+        # what the module returns before the real run skips it.
+        result = self._overwrite(path, chosen, forward(*args, **kwargs))
+        for node, _ in chosen.values():
+            self._ran(node, checked=True)
+        return result
 
     def apply(self, node: Node, args: tuple, kwargs: dict) -> Any:
         return _Unknown("the scan does not call functions given to tracer.apply() or tracer.log()")
@@ -507,7 +517,7 @@ def _assigns_constant(node: Node) -> bool:
     return False
 
 
-_ASSIGNMENTS = frozenset({"set_output", "set_inputs", "set_input", "setitem"})
+_ASSIGNMENTS = frozenset({"set_output", "set_inputs", "set_input", "skip", "setitem"})
 
 
 def _holds_tensor(value: Any) -> bool:

@@ -14,8 +14,9 @@ Example:
 
 The suite covers saving, in-place editing, ``.input`` assignment, batched
 invokes, ``.next()`` on a module that runs twice in one execution, ``.grad``
-of a module's output, the scan's shapes (``proxy.shape`` inside the trace) and
-hook clean-up after success or error.
+of a module's output, the scan's shapes (``proxy.shape`` inside the trace),
+``.skip()``, a call site read through ``.source`` and hook clean-up after
+success or error.
 
 Expected values come from plain PyTorch: forward hooks (and forward pre-hooks,
 ``retain_grad()``) registered directly on the module, around
@@ -60,9 +61,14 @@ Override points (class attributes and methods of a subclass):
     module's output (``model.output``: a proxy in the trace, the real value in
     the plain run) with operations a proxy records (default:
     ``(output ** 2).sum()``, for a model whose root module returns a tensor).
+``source_site``
+    ``(module path, call site, submodule path)`` for the ``.source`` test: a
+    call site of that module's forward (``"self_attn_0"``) and the dotted path
+    of the submodule it calls at its first call, whose output a plain forward
+    hook reads. Default None: the test is skipped.
 ``not_applicable``
     Tests that do not apply to the adapter, each with its reason, keyed by
-    :data:`FEATURES` (``"input"``, ``"next"``, ``"grad"``, ``"scan"``); those
+    :data:`FEATURES` (``"input"``, ``"next"``, ``"grad"``, ``"scan"``, ``"skip"``); those
     tests are skipped with the reason (default none), e.g.
     ``{"grad": "the pipeline runs under torch.no_grad()"}``.
 """
@@ -77,7 +83,7 @@ from torch.utils import _pytree as pytree
 __all__ = ["AdapterConformance", "hook_count"]
 
 #: The keys ``AdapterConformance.not_applicable`` accepts: the tests an adapter may opt out of.
-FEATURES = ("input", "next", "grad", "scan")
+FEATURES = ("input", "next", "grad", "scan", "skip")
 
 
 def hook_count(module: torch.nn.Module) -> int:
@@ -105,6 +111,8 @@ class AdapterConformance:
     repeated_module_path: Optional[str] = None
     #: Keyword arguments added to ``trace_kwargs`` in the ``.next()`` test.
     repeated_kwargs: Dict[str, Any] = {}
+    #: (module path, call site of its forward, submodule path it calls) for the ``.source`` test.
+    source_site: Optional[Tuple[str, str, str]] = None
     #: Tests that do not apply to the adapter (keys of :data:`FEATURES`), each with its reason.
     not_applicable: Dict[str, str] = {}
 
@@ -394,6 +402,85 @@ class AdapterConformance:
             saved = value.save()
         assert isinstance(shape, torch.Size), f"proxy.shape inside the trace is {shape!r}, not a torch.Size"
         assert shape == saved.value.shape == expected.shape
+
+    def test_skip_equals_raw_hook_replacement(self) -> None:
+        self._applies("skip")
+        model = self.make_model()
+        inputs = self.make_inputs()[0]
+        model.dispatch_model()
+        module = model._model.get_submodule(self.module_path)
+        seen: Dict[str, Any] = {}
+
+        def zeroed(module: torch.nn.Module, args: Any, output: Any) -> None:
+            seen["value"] = pytree.tree_map(
+                lambda leaf: torch.zeros_like(leaf) if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()
+                else leaf, output)
+
+        handle = module.register_forward_hook(zeroed)
+        try:
+            with torch.no_grad():
+                model.trace(*inputs, trace=False, **self.trace_kwargs)
+        finally:
+            handle.remove()
+        value = seen["value"]
+
+        def run(traced: bool) -> Tuple[List[str], torch.Tensor]:
+            """(submodule calls, final tensor) with the module's forward skipped, by the library
+            or (expected) by replacing its forward on the instance."""
+            calls: List[str] = []
+            handles = [sub.register_forward_pre_hook(lambda m, a, name=name: calls.append(name))
+                       for name, sub in module.named_modules() if name]
+            try:
+                with torch.no_grad():
+                    if traced:  # no scan: it would run the forward on fake tensors to check `value`
+                        with model.trace(*inputs, scan=False, **self.trace_kwargs):
+                            self._envoy(model).skip(value)
+                            final = model.output.save()
+                        return calls, self.final_tensor(final.value)
+                    module.forward = lambda *args, **kwargs: value
+                    return calls, self.final_tensor(model.trace(*inputs, trace=False, **self.trace_kwargs))
+            finally:
+                module.__dict__.pop("forward", None)
+                for handle in handles:
+                    handle.remove()
+
+        expected_calls, expected = run(traced=False)
+        # One invoke owns the whole batch: the forward does not run (its submodules run only
+        # where the model calls them from outside it).
+        calls, final = run(traced=True)
+        assert sorted(calls) == sorted(expected_calls), (
+            f"{self.module_path} was skipped, but its submodules ran {sorted(calls)} instead of "
+            f"{sorted(expected_calls)}")
+        torch.testing.assert_close(final, expected, rtol=0, atol=0)
+
+    def test_source_call_site_equals_raw_hook(self) -> None:
+        if self.source_site is None:
+            import pytest
+
+            pytest.skip(f"{type(self).__name__} sets no source_site for the .source test")
+        path, site, child = self.source_site
+        model = self.make_model()
+        inputs = self.make_inputs()[0]
+        model.dispatch_model()
+        seen: List[Any] = []
+        handle = model._model.get_submodule(child).register_forward_hook(lambda m, a, out: seen.append(out))
+        try:
+            with torch.no_grad():
+                expected = self.final_tensor(model.trace(*inputs, trace=False, **self.trace_kwargs)).clone()
+        finally:
+            handle.remove()
+        before = hook_count(model._model)
+        with torch.no_grad(), model.trace(*inputs, **self.trace_kwargs):
+            envoy = self._envoy(model, path) if path else model
+            saved = getattr(envoy.source, site).output.save()
+            final = model.output.save()
+        ours, theirs = pytree.tree_leaves(saved.value), pytree.tree_leaves(seen[0])
+        assert len(ours) == len(theirs)
+        for mine, raw in zip(ours, theirs):
+            if isinstance(raw, torch.Tensor):
+                torch.testing.assert_close(mine, raw, rtol=0, atol=0)
+        torch.testing.assert_close(self.final_tensor(final.value), expected, rtol=0, atol=0)
+        assert hook_count(model._model) == before
 
     def test_no_hook_left_after_success_or_error(self) -> None:
         model = self.make_model()

@@ -144,7 +144,7 @@ class Invoker:
                                             map_arg(node.kwargs, bind), invoke=self.index, where=node.where)
             copies[node.index] = copy
             runner._replayed.add(copy.index)
-            if node.op in MODULE_VALUE_OPS:
+            if node.op in MODULE_VALUE_OPS and node.op != "skip":  # a skip is no new value
                 current[key] = proxy_class(copy, runner.trace_state)
 
 

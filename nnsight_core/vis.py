@@ -46,7 +46,7 @@ FORMATS = ("svg", "png", "pdf")
 
 _MODULE_FILL = "#dbeafe"
 _SAVED_FILL = "#dcfce7"
-_SET_ATTRS = {"set_output": "output", "set_inputs": "inputs", "set_input": "input"}
+_SET_ATTRS = {"set_output": "output", "set_inputs": "inputs", "set_input": "input", "skip": "skip()"}
 
 
 def to_dot(graph: Graph) -> str:

@@ -281,6 +281,10 @@ class GuardedInterleaver(Interleaver):
         self._check_assigned(node, args)
         return super().set_input(node, args, kwargs)
 
+    def skip(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        self._check_assigned(node, args)
+        return super().skip(node, args, kwargs)
+
     # -- checks ------------------------------------------------------------------------
 
     def _count(self, node: Node) -> None:

@@ -26,7 +26,8 @@ The document (version 1)::
 A node has ``op`` and, where not empty, ``target``, ``args`` (a list),
 ``kwargs`` (an object) and ``invoke`` (an invoke index, or absent). Targets:
 ``[module path, call]`` for ``output``, ``inputs``, ``set_output``,
-``set_inputs`` and ``set_input``, where the call is an index or
+``set_inputs``, ``set_input`` and ``skip`` (the path of a call site inside a
+forward, ``"<module path>.source.<call site>"``, counts as a module path), where the call is an index or
 ``{"iteration": k}`` (entry ``k`` of ``iterations``: the node is a template
 run at each call of that range); a name of :data:`OPERATORS` for
 ``operator``; an attribute name for ``getattr``; a name of
@@ -227,18 +228,19 @@ _TENSOR_KEYS = frozenset({"dtype", "shape", "data"})
 SERIALISABLE_OPS = frozenset({
     "output", "inputs", "set_output", "set_inputs", "set_input", "operator", "getitem", "setitem",
     "getattr", "call_method", "call_function", "call_module", "save", "grad", "set_grad", "backward",
-    "stop",
+    "stop", "skip",
 })
 # What the first argument of an edit must be: a node of these ops (for module values: of the
 # same module value, call and invoke).
 _FAMILY = {"set_output": frozenset({"output", "set_output"}),
            "set_inputs": frozenset({"inputs", "set_inputs", "set_input"}),
            "set_input": frozenset({"inputs", "set_inputs", "set_input"}),
+           "skip": frozenset({"inputs", "set_inputs", "set_input"}),
            "set_grad": frozenset({"grad", "set_grad"})}
 # Ops whose first argument is always the node they act on.
 _ON_NODE = frozenset({"getitem", "setitem", "getattr", "call_method", "save", "grad", "backward"})
 _NO_TARGET = frozenset({"getitem", "setitem", "save", "grad", "set_grad", "backward", "stop"})
-_ARITY = {"output": 0, "inputs": 0, "set_output": 2, "set_inputs": 2, "set_input": 2,
+_ARITY = {"output": 0, "inputs": 0, "set_output": 2, "set_inputs": 2, "set_input": 2, "skip": 2,
           "getitem": 2, "setitem": 3, "getattr": 1, "save": 1, "grad": 1, "set_grad": 2}
 
 Document = Dict[str, Any]

@@ -11,6 +11,8 @@ from nnsight_core.plugins import get_plugin_manager
 from nnsight_core.testing import hook_count
 from nnsight_torch import NNsight
 
+from tests.helpers import make_net
+
 
 class Deep(torch.nn.Module):
     """Hundreds of modules; one of them reports how many hooks exist while it runs."""
@@ -196,3 +198,26 @@ def test_the_error_classes_subclass_builtins():
         cls = getattr(nnsight_core.errors, name)
         assert issubclass(cls, nnsight_core.NNsightError)
         assert cls.__doc__.startswith("Raised "), name
+
+
+# -- Inside modules: source rewriting -------------------------------------------------------------
+
+
+def test_source_rewriting_keeps_lines_caches_per_function_and_leaves_other_modules_alone():
+    from nnsight_core.source import rewrite
+
+    net = make_net()
+    forward = type(net.layer1).forward
+    rewritten = rewrite(net.layer1.forward)
+    assert rewritten is rewrite(net.layer2.forward) is rewrite(forward)   # per function, not instance
+    assert rewritten.code.co_filename == forward.__code__.co_filename
+    original_lines = {line for _, _, line in forward.__code__.co_lines() if line}
+    assert {line for _, _, line in rewritten.code.co_lines() if line} <= original_lines | {forward.__code__.co_firstlineno}
+    model = NNsight(net)
+    x = torch.rand(2, 5)
+    with model.trace(x):
+        pre = model.layer1.source.linear_0.output.save()
+        seen = model.layer2.output.save()
+    assert torch.equal(pre.value, net.layer1(x)) and torch.equal(seen.value, net.layer2(torch.sigmoid(net.layer1(x))))
+    assert hook_count(net) == 0 and all(m.forward.__func__.__code__ is type(m).forward.__code__
+                                        for m in net if hasattr(type(m), "forward"))

@@ -246,6 +246,7 @@ def every_op_graph():
         model.act.output = torch.relu(h) - 1                     # call_function, operator, set_output
         model.layer2.input = model.layer2(h)[:, :1] * h          # call_module, set_input
         model.layer2.output.mT.save()                            # getattr, save
+        model.act.skip(model.act.input)                          # skip
     # Gradient ops and stop, appended as the Graph API makes them (structure only: not run).
     graph = tracer.graph
     act, out = (n for n in graph.nodes if n.op == "output" and n.target[0] in ("act", "layer2"))

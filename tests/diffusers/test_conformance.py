@@ -34,6 +34,7 @@ class TestStableDiffusionConformance(AdapterConformance):
 
 class TestDiTConformance(AdapterConformance):
     module_path = "transformer.transformer_blocks.0"
+    source_site = ("transformer.transformer_blocks.0", "attn1_0", "transformer.transformer_blocks.0.attn1")
     trace_kwargs = {"seed": 0, "output_type": "pt"}
     atol = 1e-5
     repeated_module_path = "transformer.transformer_blocks.0"

@@ -10,6 +10,7 @@ from tests.helpers import Shared, make_net
 
 class TestNNsightConformance(AdapterConformance):
     module_path = "layer1"
+    source_site = ("", "module_0", "layer1")  # Sequential.forward: `input = module(input)`, call 0
     not_applicable = {"next": "every module of this Sequential runs once; "
                               "TestNNsightSharedModuleConformance covers .next()"}
 
@@ -26,6 +27,9 @@ class TestNNsightSharedModuleConformance(AdapterConformance):
 
     module_path = "head"
     repeated_module_path = "block"
+    # head(block(block(x))): sites are named in source order, so the inner call, which runs
+    # first, is block_1.
+    source_site = ("", "block_1", "block")
 
     def make_model(self):
         return NNsight(Shared())

@@ -41,11 +41,13 @@ class _LanguageModelConformance(AdapterConformance):
 class TestGPT2Conformance(_LanguageModelConformance):
     arch = "gpt2"
     module_path = "transformer.h.0"
+    source_site = ("transformer.h.0", "attn_0", "transformer.h.0.attn")
 
 
 class TestLlamaConformance(_LanguageModelConformance):
     arch = "llama"
     module_path = "model.layers.0"
+    source_site = ("model.layers.0", "self_attn_0", "model.layers.0.self_attn")
 
 
 class TestGPT2LogitsConformance(_LanguageModelConformance):
