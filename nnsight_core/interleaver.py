@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import operator as _operator
 import threading
+from functools import partial
 from heapq import heappop, heappush
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -48,6 +49,13 @@ _UNCHANGED = object()
 
 # Uses-left count of a value that template nodes read: larger than any number of copies.
 _KEEP = 1 << 40
+
+_deps = _operator.attrgetter("deps")
+_users_of = _operator.attrgetter("users")
+_get_ident = threading.get_ident
+# Operations simple enough for `_run` to compute in place, when a subclass leaves their
+# methods as they are: saving every module output then costs no call per node.
+_INLINE_OPS = ("save", "getitem", "setitem")
 
 
 class StopExecution(BaseException):
@@ -84,7 +92,8 @@ class Batch(NamedTuple):
         for size in sizes:
             rows.append((stop, stop + size))
             stop += size
-        return cls(tuple(rows), stop, dict(layouts or {}))
+        # tuple.__new__ is what the named tuple's own __new__ calls, without its Python frame.
+        return tuple.__new__(cls, (tuple(rows), stop, dict(layouts or {})))
 
     def table(self) -> Optional[RowTable]:
         """Which rows each invoke owns per dimension-0 size; None when one invoke owns them all."""
@@ -172,9 +181,10 @@ class Interleaver:
         self.values: List[Any] = [EMPTY] * len(nodes)
         self.done: List[bool] = [False] * len(nodes)
         self.skipped: set = set()
-        self._pending: List[int] = [len(node.deps) for node in nodes]
-        self._uses: List[int] = [len(node.users) for node in nodes]
-        self._users: List[List[Node]] = [node.users for node in nodes]
+        # map() rather than comprehensions: this runs for every trace, and is the hot path.
+        self._users: List[List[Node]] = list(map(_users_of, nodes))
+        self._pending: List[int] = list(map(len, map(_deps, nodes)))
+        self._uses: List[int] = list(map(len, self._users))
         self._fed = graph.fed
         self._edits = graph.edits
         self._restore: List[Tuple[torch.nn.Module, Any]] = []
@@ -183,10 +193,11 @@ class Interleaver:
         self._ready: List[int] = []
         self._bypass = 0
         # Gradient hooks and which backward pass feeds each grad node (None: no grad node).
-        self._grads = self._gradients()
-        self._thread = threading.get_ident()
+        self._grads = self._gradients() if graph.gradients else None
+        self._thread = _get_ident()
         # Which rows each invoke owns; one invoke owning the whole batch needs no table.
-        self._table = None if batch is None else batch.table()
+        self._table = (None if batch is None or (len(batch.rows) == 1 and batch.rows[0] == (0, batch.size))
+                       else batch.table())
         self._whole = self._table is None
         self._guarded = graph.guarded
         # Iterations: (event kind, module path) -> the iterations whose templates that event
@@ -198,6 +209,17 @@ class Interleaver:
             for pair in iteration.modules:
                 self._iterating.setdefault(pair, []).append(iteration)
 
+    # Hot-path shortcuts, worked out per class: the simple operations computed in place by
+    # `_run`, and whether a hook must call `feed` (a subclass overrides it) or may do its work.
+    _inline: frozenset = frozenset(_INLINE_OPS)
+    _feeds = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass that overrides one of the simple operations gets it called as a method.
+        cls._inline = frozenset(op for op in _INLINE_OPS if getattr(cls, op) is getattr(Interleaver, op))
+        cls._feeds = cls.feed is not Interleaver.feed
+
     def _gradients(self) -> Optional[Gradients]:
         """The gradient state of this execution, or None when the graph reads no gradient
         (override point: an execution that runs no backward pass returns None)."""
@@ -206,21 +228,39 @@ class Interleaver:
     # -- hooks -------------------------------------------------------------
 
     def __enter__(self) -> Interleaver:
-        self._ready = self._start()
+        graph = self.graph
+        self._ready = self._start() if graph.iterations else \
+            [node.index for node in self.nodes if not node.deps and node.op not in FED_OPS]
         try:
-            kinds: Dict[str, set] = {}
-            for kind, path in self.graph.modules():
-                kinds.setdefault(path, set()).add(kind)
-            for path, wanted in kinds.items():
-                self._hook(path, "inputs" in wanted, "output" in wanted)
-            self.drain()
+            # Module path -> [hook its inputs, hook its output]; a plain loop, as this runs per trace.
+            wanted: Dict[str, List[bool]] = {}
+            for keys in (graph.fed, graph.edits):
+                for kind, path, _ in keys:
+                    flags = wanted.get(path)
+                    if flags is None:
+                        flags = wanted[path] = [False, False]
+                    flags[kind == "output"] = True
+            if graph.iterations:
+                for kind, path in graph.modules():
+                    wanted.setdefault(path, [False, False])[kind == "output"] = True
+            hooked, restore = self._hooked, self._restore
+            for path, (inputs, output) in wanted.items():  # what _hook() does, without a call per module
+                module = module_at(self.root, self.attached, path) or self.module(path)
+                forward = module.forward
+                hook = partial(hooked, forward, path, inputs, output)
+                hook.__wrapped__ = forward
+                restore.append((module, module.__dict__.get("forward")))
+                module.__dict__["forward"] = hook
+            if self._ready:
+                self.drain()
         except BaseException:
             self.remove_hooks()
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.remove_hooks()
+        if self._restore or self._grads is not None:
+            self.remove_hooks()
 
     def _start(self) -> List[int]:
         """The indices of the nodes ready at once, sorted (hence a valid heap).
@@ -251,29 +291,20 @@ class Interleaver:
             else:
                 module.__dict__["forward"] = previous
 
-    def _hook(self, path: str, inputs: bool, output: bool) -> None:
-        module = self.module(path)
-        forward = module.forward
-        event = self._event
-        thread = self._thread
-
-        def hooked(*args: Any, **kwargs: Any) -> Any:
-            if self._bypass or threading.get_ident() != thread:
-                return forward(*args, **kwargs)
-            if inputs:
-                new = event("inputs", path, (args, kwargs))
-                if new is not _UNCHANGED:
-                    args, kwargs = new
-            result = forward(*args, **kwargs)
-            if output:
-                new = event("output", path, result)
-                if new is not _UNCHANGED:
-                    result = new
-            return result
-
-        hooked.__wrapped__ = forward  # inspect.signature() reports the real forward
-        self._restore.append((module, module.__dict__.get("forward")))
-        module.__dict__["forward"] = hooked
+    def _hooked(self, forward: Any, path: str, inputs: bool, output: bool, *args: Any, **kwargs: Any) -> Any:
+        """A hooked module's ``forward``: its events around the original ``forward``."""
+        if self._bypass or _get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        if inputs:
+            new = self._event("inputs", path, (args, kwargs))
+            if new is not _UNCHANGED:
+                args, kwargs = new
+        result = forward(*args, **kwargs)
+        if output:
+            new = self._event("output", path, result)
+            if new is not _UNCHANGED:
+                result = new
+        return result
 
     def _event(self, kind: str, path: str, value: Any) -> Any:
         calls = self._calls
@@ -289,15 +320,28 @@ class Interleaver:
         event = _Event()
         self._open[key] = event
         try:
-            for node in fed or ():
-                invoke = node.invoke
-                rows = value if self._whole else narrow(value, self._table, invoke)
-                event.narrowed[invoke] = rows
-                if node.mutated:
-                    rows = clone(rows)
-                    event.replaced[invoke] = rows
-                self.feed(node, rows)
-            self.drain()
+            if fed:
+                feed = self.feed if self._feeds else None
+                values, done, users, pending, ready = self.values, self.done, self._users, self._pending, self._ready
+                for node in fed:
+                    invoke = node.invoke
+                    rows = value if self._whole else narrow(value, self._table, invoke)
+                    event.narrowed[invoke] = rows
+                    if node.mutated:
+                        rows = rows.clone() if isinstance(rows, torch.Tensor) else clone(rows)
+                        event.replaced[invoke] = rows
+                    if feed is not None:
+                        feed(node, rows)
+                        continue
+                    index = node.index  # what feed() does, without a call per node
+                    values[index] = rows
+                    done[index] = True
+                    for user in users[index]:
+                        pending[user.index] -= 1
+                        if pending[user.index] == 0:
+                            heappush(ready, user.index)
+            if self._ready:
+                self.drain()
         finally:
             del self._open[key]
         done = self.done
@@ -426,14 +470,26 @@ class Interleaver:
             self._skip(node)
             return
         values = self.values
+        op = node.op
         if node._flat:
-            args = tuple([values[a.index] if type(a) is Node else a for a in node.args])
+            args = []  # a loop, not a comprehension: no extra frame per node
+            for a in node.args:
+                args.append(values[a.index] if type(a) is Node else a)
             kwargs = node.kwargs
         else:
             args = map_arg(node.args, lambda n: values[n.index])
             kwargs = map_arg(node.kwargs, lambda n: values[n.index])
         try:
-            value = getattr(self, node.op)(node, args, kwargs)
+            if op in self._inline:  # what the op methods of the same name do
+                if op == "save":
+                    value = args[0]
+                elif op == "getitem":
+                    value = args[0][args[1]]
+                else:
+                    args[0][args[1]] = args[2]
+                    value = None
+            else:
+                value = getattr(self, op)(node, tuple(args), kwargs)
         except NNsightError:
             raise
         except Exception as error:
@@ -441,7 +497,12 @@ class Interleaver:
                 f"{node.describe()}{' at ' + node.source() if node.where else ''} failed while the model "
                 f"ran: {type(error).__name__}: {error}"
             ) from error
-        self._release(node)
+        uses, keep = self._uses, self.keep  # what _release() does, without its call
+        for dep in node.deps:
+            dep_index = dep.index
+            uses[dep_index] -= 1
+            if uses[dep_index] == 0 and not dep.saved and not keep:
+                values[dep_index] = EMPTY
         if value is DEFERRED:
             return  # a hook feeds the value later (a gradient, during its backward pass)
         index = node.index
