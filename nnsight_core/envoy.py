@@ -160,8 +160,11 @@ class Envoy:
         key = (kind, path, call)
         proxy = invoker._current.get(key)
         if proxy is None:
-            frame = sys._getframe(1)  # the user's line, found without a call when it is the caller's
-            if _state._internal_code.get(frame.f_code) is False:
+            # The user's line, without a call when the frames above are known already (usually).
+            frame, internal = sys._getframe(1), _state._internal_code
+            while frame is not None and internal.get(frame.f_code):
+                frame = frame.f_back
+            if frame is not None and internal.get(frame.f_code) is False:
                 where = (frame.f_code.co_filename, frame.f_lineno)
             else:
                 where = _state.user_location()
@@ -212,7 +215,11 @@ class Envoy:
             >>> torch.allclose(second.value, twice.shared(first.value))
             True
         """
-        invoker = self._invoker("next()")
+        runners = _state.local.runners  # the open invoke, found without a call (a step's hot path)
+        runner = runners[-1] if runners else None
+        invoker = runner._invoker if runner is not None and runner._model is self._wrapper else None
+        if invoker is None:
+            invoker = self._invoker("next()")  # raises, naming what is wrong
         if invoker._block is not None:
             raise InvokeError(f"{display_path(self._path)}.next() inside an iteration block: every "
                               f"module there is at the block's calls ({invoker._block}); move .next() "

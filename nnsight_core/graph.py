@@ -24,7 +24,7 @@ from ._tree import map_structure
 from .errors import InvokeError
 
 __all__ = ["Graph", "Node", "Iteration", "OPS", "MODULE_VALUE_OPS", "FED_OPS", "EVENT_KIND", "EMPTY",
-           "display_path", "format_value", "make_node", "register", "map_arg",
+           "display_path", "format_value", "make_node", "copy_node", "register", "map_arg",
            "nodes_in", "format_location"]
 
 #: The closed vocabulary of node operations, with what ``target`` and ``args`` hold.
@@ -465,6 +465,31 @@ def make_node(graph: Graph, index: int, op: str, target: Any, args: tuple, kwarg
     return node
 
 
+def copy_node(template: Node, index: int, target: Any, args: tuple, kwargs: dict, deps: tuple,
+              cond: Optional[Node]) -> Node:
+    """A copy of ``template`` at ``index`` with its own target, arguments, ``deps`` and condition,
+    saved if the template is; neither appended to a graph, nor linked into its arguments'
+    ``users``, nor registered (an execution copying iteration templates does what fits).
+    One call per copy, as it is made for every call of an iteration's modules."""
+    node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
+    node.graph = template.graph
+    node.index = index
+    node.op = template.op
+    node.target = target
+    node.args = args
+    node.kwargs = kwargs
+    node.deps = deps
+    node.users = []
+    node.invoke = template.invoke
+    node.saved = template.saved
+    node.where = template.where
+    node.mutated = False
+    node.iteration = None
+    node.cond = cond
+    node._flat = template._flat
+    return node
+
+
 def register(node: Node, fed: Dict[Tuple[str, str, int], List[Node]],
              edits: Dict[Tuple[str, str, int], List[Node]]) -> None:
     """File ``node`` under the hook event it runs in (``fed`` for module values the hook
@@ -475,8 +500,15 @@ def register(node: Node, fed: Dict[Tuple[str, str, int], List[Node]],
         key = (EVENT_KIND[op], node.target[0], node.target[1])
         (fed if op in FED_OPS else edits).setdefault(key, []).append(node)
     elif op == "setitem" or (op == "call_method" and _is_inplace(node.target)):
-        args = node.args
-        root = _mutation_root(args[0] if args else None)
+        # What _mutation_root() does, written out (once per recorded edit).
+        root = node.args[0] if node.args else None
+        while type(root) is Node and root.op not in MODULE_VALUE_OPS:
+            if root.op in _VIEW_OPS or (root.op == "call_method" and root.target in _VIEW_METHODS):
+                root = root.args[0] if root.args else None
+            else:
+                root = None
+        if type(root) is not Node:
+            root = None
         if root is not None:
             key = (EVENT_KIND[root.op], root.target[0], root.target[1])
             edits.setdefault(key, []).append(node)

@@ -41,7 +41,8 @@ from ._grad import DEFERRED, Gradients, run_backward
 from ._tree import RowTable, clone, narrow, row_table, write_back
 from .errors import (AssignmentError, BatchError, InterventionError, MissedCallError, NNsightError,
                      OutOfOrderEditError)
-from .graph import EMPTY, FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node, display_path, make_node, map_arg, register
+from .graph import (EMPTY, EVENT_KIND, FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node, copy_node, display_path,
+                    map_arg, register)
 
 __all__ = ["Batch", "Interleaver", "StopExecution", "module_at"]
 
@@ -122,16 +123,6 @@ def module_at(root: torch.nn.Module, attached: Dict[str, torch.nn.Module], path:
     return module
 
 
-class _Event:
-    """One hook call of one module: what each invoke received and what it replaced."""
-
-    __slots__ = ("narrowed", "replaced")
-
-    def __init__(self) -> None:
-        self.narrowed: Dict[Any, Any] = {}
-        self.replaced: Dict[Any, Any] = {}
-
-
 class Interleaver:
     """One execution of ``graph`` interleaved with calls of ``root`` and its submodules.
 
@@ -189,7 +180,8 @@ class Interleaver:
         self._edits = graph.edits
         self._restore: List[Tuple[torch.nn.Module, Any]] = []
         self._calls: Dict[Tuple[str, str], int] = {}
-        self._open: Dict[Tuple[str, str, int], _Event] = {}
+        # The open hook events: (kind, path, call) -> invoke index to the value that replaces its rows.
+        self._open: Dict[Tuple[str, str, int], Dict[Any, Any]] = {}
         self._ready: List[int] = []
         self._bypass = 0
         # Gradient hooks and which backward pass feeds each grad node (None: no grad node).
@@ -218,7 +210,7 @@ class Interleaver:
         super().__init_subclass__(**kwargs)
         # A subclass that overrides one of the simple operations gets it called as a method.
         cls._inline = frozenset(op for op in _INLINE_OPS if getattr(cls, op) is getattr(Interleaver, op))
-        cls._feeds = cls.feed is not Interleaver.feed
+        cls._feeds = cls.feed is not Interleaver.feed or cls.drain is not Interleaver.drain
 
     def _gradients(self) -> Optional[Gradients]:
         """The gradient state of this execution, or None when the graph reads no gradient
@@ -229,8 +221,13 @@ class Interleaver:
 
     def __enter__(self) -> Interleaver:
         graph = self.graph
-        self._ready = self._start() if graph.iterations else \
-            [node.index for node in self.nodes if not node.deps and node.op not in FED_OPS]
+        if graph.iterations:
+            self._ready = self._start()
+        else:  # what _start() does without iterations, in a loop rather than a comprehension
+            self._ready = ready = []
+            for node in self.nodes:
+                if not node.deps and node.op not in FED_OPS:
+                    ready.append(node.index)
         try:
             # Module path -> [hook its inputs, hook its output]; a plain loop, as this runs per trace.
             wanted: Dict[str, List[bool]] = {}
@@ -317,31 +314,32 @@ class Interleaver:
         edits = self._edits.get(key)
         if fed is None and edits is None:
             return _UNCHANGED
-        event = _Event()
-        self._open[key] = event
+        narrowed: Dict[Any, Any] = {}  # invoke -> the rows it was given
+        self._open[key] = replaced = {}  # invoke -> what replaces them (set_output & co. add to it)
         try:
-            if fed:
-                feed = self.feed if self._feeds else None
-                values, done, users, pending, ready = self.values, self.done, self._users, self._pending, self._ready
-                for node in fed:
+            if self._feeds:  # a subclass's feed() and drain() see every node
+                for node in fed or ():
+                    self.feed(node, self._rows(node, value, narrowed, replaced))
+                self.drain()
+            else:  # what feed() and drain() do, without a call per node
+                values, done, users, pending = self.values, self.done, self._users, self._pending
+                ready = self._ready
+                for node in fed or ():
                     invoke = node.invoke
                     rows = value if self._whole else narrow(value, self._table, invoke)
-                    event.narrowed[invoke] = rows
+                    narrowed[invoke] = rows
                     if node.mutated:
-                        rows = rows.clone() if isinstance(rows, torch.Tensor) else clone(rows)
-                        event.replaced[invoke] = rows
-                    if feed is not None:
-                        feed(node, rows)
-                        continue
-                    index = node.index  # what feed() does, without a call per node
+                        rows = replaced[invoke] = rows.clone() if isinstance(rows, torch.Tensor) else clone(rows)
+                    index = node.index
                     values[index] = rows
                     done[index] = True
                     for user in users[index]:
                         pending[user.index] -= 1
                         if pending[user.index] == 0:
                             heappush(ready, user.index)
-            if self._ready:
-                self.drain()
+                nodes = self.nodes
+                while ready:
+                    self._run(nodes[heappop(ready)])
         finally:
             del self._open[key]
         done = self.done
@@ -354,12 +352,20 @@ class Interleaver:
                     f"{', '.join(late) or 'a value'} computed after that module ran. An edit can "
                     "only use values available when the module runs."
                 )
-        if not event.replaced:
+        if not replaced:
             return _UNCHANGED
         if self._whole:
-            return next(iter(event.replaced.values()))
-        return write_back(value, event.replaced, event.narrowed, self._table,
-                          f"{display_path(path)}.{kind} (call {call})")
+            return next(iter(replaced.values()))
+        return write_back(value, replaced, narrowed, self._table, f"{display_path(path)}.{kind} (call {call})")
+
+    def _rows(self, node: Node, value: Any, narrowed: Dict[Any, Any], replaced: Dict[Any, Any]) -> Any:
+        """The rows of a hook's ``value`` that ``node``'s invoke owns (its own copy if it edits them)."""
+        invoke = node.invoke
+        rows = value if self._whole else narrow(value, self._table, invoke)
+        narrowed[invoke] = rows
+        if node.mutated:
+            rows = replaced[invoke] = clone(rows)
+        return rows
 
     # -- iterations: copies of template nodes, per call, owned by this execution -----------
 
@@ -367,7 +373,9 @@ class Interleaver:
         """At the first event of call ``call`` of an iteration's modules, copy its templates for it."""
         for iteration in self._iterating.get((kind, path), ()):
             instances = self._instances[iteration]
-            if call in iteration and call not in instances:
+            stop = iteration.stop  # `call in iteration`, without the call
+            if (call >= iteration.start and (stop is None or call < stop)
+                    and (call - iteration.start) % iteration.step == 0 and call not in instances):
                 instances[call] = copies = self._instantiate(iteration, call)
                 pending = self._pending
                 for node in copies:
@@ -390,36 +398,61 @@ class Interleaver:
         def bind(node: Node) -> Node:
             return copies[node.index] if node.iteration is iteration else node
 
+        # Runs for every call of the iteration's modules (every generation step): loops, not
+        # comprehensions or helpers, so that a template costs one call (copy_node).
+        nodes, all_users, recorded = self.nodes, self._users, len(self.graph.nodes)
+        fed, edits = self._fed, self._edits
         created = []
         for template in iteration.nodes:
-            target = template.target
-            if template.op in MODULE_VALUE_OPS and target[1] is iteration:
+            op, target = template.op, template.target
+            if op in MODULE_VALUE_OPS and target[1] is iteration:
                 target = (target[0], call)
-            node = make_node(template.graph, len(self.nodes), template.op, target,
-                             map_arg(template.args, bind), map_arg(template.kwargs, bind),
-                             template.invoke, template.where,
-                             None if template.cond is None else bind(template.cond))
-            node.saved = template.saved
-            self.nodes.append(node)
-            self._users.append([])
-            for dep in node.deps:
-                if dep.index < len(self.graph.nodes):
-                    users = self._users[dep.index]
+            if template._flat:
+                args = []
+                for a in template.args:
+                    args.append(copies[a.index] if type(a) is Node and a.iteration is iteration else a)
+                args, kwargs = tuple(args), template.kwargs
+            else:
+                args, kwargs = map_arg(template.args, bind), map_arg(template.kwargs, bind)
+            deps = []  # the template's deps, each bound: the same order a fresh scan gives
+            for dep in template.deps:
+                deps.append(copies[dep.index] if dep.iteration is iteration else dep)
+            cond = template.cond
+            if cond is not None and cond.iteration is iteration:
+                cond = copies[cond.index]
+            node = copy_node(template, len(nodes), target, args, kwargs, tuple(deps), cond)
+            nodes.append(node)
+            all_users.append([])
+            for dep in deps:
+                if dep.index < recorded:
+                    users = all_users[dep.index]
                     if users is dep.users:  # copy on write: the graph's list stays as recorded
-                        users = self._users[dep.index] = list(users)
+                        users = all_users[dep.index] = list(users)
                     users.append(node)
                 else:
-                    self._users[dep.index].append(node)
-            register(node, self._fed, self._edits)
+                    all_users[dep.index].append(node)
+            if op in MODULE_VALUE_OPS:  # what register() does for module values
+                key = (EVENT_KIND[op], target[0], target[1])
+                table = fed if op in FED_OPS else edits
+                if key in table:
+                    table[key].append(node)
+                else:
+                    table[key] = [node]
+            elif op == "setitem" or op == "call_method" or op == "grad":
+                register(node, fed, edits)
             copies[template.index] = node
             created.append(node)
-        done = self.done
+        values, done, uses, pending = self.values, self.done, self._uses, self._pending
         for node in created:
-            self.values.append(EMPTY)
+            values.append(EMPTY)
             done.append(False)
         for node in created:
-            self._uses.append(len(self._users[node.index]))
-            self._pending.append(sum(1 for dep in node.deps if not done[dep.index]))
+            uses.append(len(all_users[node.index]))
+            waiting = 0
+            for dep in node.deps:
+                if not done[dep.index]:
+                    waiting += 1
+            pending.append(waiting)
         return created
 
     # -- execution ------------------------------------------------------------
@@ -572,10 +605,13 @@ class Interleaver:
         """The values this execution leaves, by node index of the graph: saved values (every
         value with ``keep=True``); a saved iteration template's value is the list of its
         copies' values, one per call, in call order."""
-        values, graph_nodes = self.values, self.graph.nodes
-        wanted = graph_nodes if self.keep else [node for node in graph_nodes if node.saved]
-        results = {node.index: values[node.index] for node in wanted
-                   if node.iteration is None and values[node.index] is not EMPTY}
+        values, keep = self.values, self.keep
+        results = {}
+        for node in self.graph.nodes:  # a loop, not comprehensions: this runs for every trace
+            if (keep or node.saved) and node.iteration is None:
+                value = values[node.index]
+                if value is not EMPTY:
+                    results[node.index] = value
         for iteration, instances in self._instances.items():
             calls = sorted(instances)
             for position, template in enumerate(iteration.nodes):
@@ -686,7 +722,7 @@ class Interleaver:
 
     def set_output(self, node: Node, args: tuple, kwargs: dict) -> Any:
         _check_assignment(node, args[0], args[1])
-        self._event_of(node).replaced[node.invoke] = args[1]
+        self._event_of(node)[node.invoke] = args[1]
         return args[1]
 
     def set_inputs(self, node: Node, args: tuple, kwargs: dict) -> Any:
@@ -697,7 +733,7 @@ class Interleaver:
                              f"e.g. `.inputs = ((x,), {{}})`; got {type(new).__name__}.")
         new = (tuple(new[0]), new[1])
         _check_assignment(node, args[0], new)
-        self._event_of(node).replaced[node.invoke] = new
+        self._event_of(node)[node.invoke] = new
         return new
 
     def set_input(self, node: Node, args: tuple, kwargs: dict) -> Any:
@@ -707,10 +743,11 @@ class Interleaver:
                              "(only keywords); assign `.inputs = (args, kwargs)` instead.")
         _check_assignment(node, pos[0], value)
         new = ((value,) + tuple(pos[1:]), kw)
-        self._event_of(node).replaced[node.invoke] = new
+        self._event_of(node)[node.invoke] = new
         return new
 
-    def _event_of(self, node: Node) -> _Event:
+    def _event_of(self, node: Node) -> Dict[Any, Any]:
+        """The replacements of the open hook event ``node`` edits (invoke -> new value)."""
         kind = "inputs" if node.op != "set_output" else "output"
         event = self._open.get((kind,) + tuple(node.target))
         if event is None:

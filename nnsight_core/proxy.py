@@ -16,6 +16,7 @@ below the tracer in the core's layers.
 from __future__ import annotations
 
 import operator
+import sys
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Sequence
 
 import torch
@@ -413,9 +414,17 @@ def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
         converted.append(value)
     if kwargs:
         kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
+    # The user's line, without a call when the frames above are known already (the usual case).
+    frame, internal = sys._getframe(1), _state._internal_code
+    while frame is not None and internal.get(frame.f_code):
+        frame = frame.f_back
+    if frame is not None and internal.get(frame.f_code) is False:
+        where = (frame.f_code.co_filename, frame.f_lineno)
+    else:
+        where = _state.user_location(2)
     conds = state.conds
     node = graph.create_node(op, target, tuple(converted), kwargs, invoke=state.invoke,
-                             where=_state.user_location(2), cond=conds[-1] if conds else None)
+                             where=where, cond=conds[-1] if conds else None)
     return None if op == "setitem" else cls(node, state)
 
 

@@ -508,28 +508,22 @@ def _assigns_constant(node: Node) -> bool:
     op = node.op
     if op in _ASSIGNMENTS or (op == "call_method" and node.target.endswith("_")
                               and not node.target.startswith("__")):
-        return _holds_tensor((node.args[1:], node.kwargs))
+        stack = [node.args[1:], node.kwargs]  # walked without recursion or calls: once per edit
+        while stack:
+            item = stack.pop()
+            kind = type(item)
+            if kind is tuple or kind is list:
+                stack.extend(item)
+            elif kind is dict:
+                stack.extend(item.values())
+            elif kind is slice:
+                stack.extend((item.start, item.stop, item.step))
+            elif isinstance(item, torch.Tensor):
+                return True
     return False
 
 
 _ASSIGNMENTS = frozenset({"set_output", "set_inputs", "set_input", "setitem"})
-
-
-def _holds_tensor(value: Any) -> bool:
-    """Whether nested arguments (tuple, list, dict, slice) hold a tensor; walked without recursion."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is tuple or kind is list:
-            stack.extend(item)
-        elif kind is dict:
-            stack.extend(item.values())
-        elif kind is slice:
-            stack.extend((item.start, item.stop, item.step))
-        elif isinstance(item, torch.Tensor):
-            return True
-    return False
 
 
 def _describe(error: BaseException) -> str:
