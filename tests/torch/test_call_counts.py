@@ -7,9 +7,9 @@ forward pass, and how many each additional intervention adds. A raw
 are an empty trace within 25 Python calls of the raw forward pass and every further
 ``.save()``, in-place edit or ``.next()`` step within 12.
 
-A failure means a change made the hot path dearer: find the new calls with
-``python benchmarks/overhead.py --calls-profile`` (or ``sys.setprofile``) and remove them,
-or, if the cost is deliberate, raise the bound here and say why in the commit.
+A failure means a change made the hot path dearer: find the new calls with a
+``sys.setprofile`` function that prints each call (or ``benchmarks/overhead.py --profile``)
+and remove them, or, if the cost is deliberate, raise the bound here and say why in the commit.
 The counts are for CPython 3.11 (comprehensions are calls there) and torch 2.13.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from nnsight_core.testing import CallCounts, call_counts
+from nnsight_core.testing import call_counts
 from nnsight_torch import NNsight
 from tests.helpers import Shared, make_net
 
@@ -45,9 +45,8 @@ def _trace(model, x, body):
 
 
 def _per_extra(counts):
-    """Per-step growth of a list of counts for 1, 2, ... interventions: every step must cost the same."""
-    steps = [b - a for a, b in zip(counts, counts[1:])]
-    return steps
+    """Per-step growth of a list of counts for 1, 2, ... interventions."""
+    return [b - a for a, b in zip(counts, counts[1:])]
 
 
 def test_a_raw_hook_costs_what_the_targets_are_based_on():
@@ -74,7 +73,6 @@ def test_an_empty_trace_adds_few_calls_to_the_raw_forward_pass():
                 pass
 
         extra = call_counts(empty) - call_counts(lambda: net(x))
-    print("empty", extra)
     assert extra.python <= EMPTY_TRACE, (
         f"an empty trace now adds {extra.python} Python calls to the raw forward pass "
         f"(bound {EMPTY_TRACE}): the fixed cost of every trace grew.")
@@ -89,7 +87,6 @@ def test_each_additional_save_costs_at_most_a_raw_hook():
     with torch.no_grad():
         counts = [call_counts(_trace(model, x, saves(n))) for n in range(1, 5)]
     steps = _per_extra(counts)
-    print("save", steps)
     for step in steps:
         assert step.python <= PER_INTERVENTION, (
             f"one more `.output.save()` now costs {step.python} Python calls (bound "
@@ -108,7 +105,6 @@ def test_each_additional_in_place_edit_costs_at_most_a_raw_hook():
     with torch.no_grad():
         counts = [call_counts(_trace(model, x, edits(n))) for n in range(1, 5)]
     steps = _per_extra(counts)
-    print("edit", steps)
     for step in steps:
         assert step.python <= PER_INTERVENTION, (
             f"one more in-place edit (`.output[:, 0] = 0`) now costs {step.python} Python calls "
@@ -142,7 +138,6 @@ def test_each_next_step_costs_at_most_a_raw_hook():
     with torch.no_grad():
         counts = [call_counts(_trace(model, x, steps(n))) for n in range(1, 5)]
     per_step = _per_extra(counts)
-    print("next", per_step)
     for step in per_step:
         assert step.python <= PER_INTERVENTION, (
             f"one more `.next().output.save()` step now costs {step.python} Python calls "
