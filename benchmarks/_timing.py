@@ -11,6 +11,8 @@ import statistics
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
+from nnsight_core.testing import CallCounts, call_counts
+
 
 def measure(cases: Dict[str, Callable[[int], None]], rounds: int, calls: int, warmup: int,
             clock: Callable[[], int] = time.perf_counter_ns, unit_ns: float = 1e3) -> Dict[str, List[float]]:
@@ -32,6 +34,12 @@ def measure(cases: Dict[str, Callable[[int], None]], rounds: int, calls: int, wa
             if r >= warmup:
                 per_round[name].append(elapsed / calls / unit_ns)
     return per_round
+
+
+def count_calls(cases: Dict[str, Callable[[int], None]]) -> Dict[str, CallCounts]:
+    """Python and C calls of one call of each case (``nnsight_core.testing.call_counts``):
+    the machine-independent cost, printed beside the timings."""
+    return {name: call_counts(lambda: fn(1)) for name, fn in cases.items()}
 
 
 def quartiles(values: List[float]) -> Tuple[float, float]:

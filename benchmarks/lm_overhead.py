@@ -38,6 +38,10 @@ it too.
 * ``100 invokes`` one trace, one invoke per prompt, each saving
   ``model.lm_head.output.t[-1]``                 target time <= 1.02 x, peak memory <= 1.1 x
 
+Below each case the table prints its function calls (``nnsight_core.testing.call_counts``
+of one call: Python / C calls, and Python calls more than the section's raw case), the
+cost measure that does not depend on the machine.
+
 Timing method (as ``overhead.py``): interleaved rounds. Every round runs each
 case of a section ``calls`` times back to back, in an order rotated by one case
 per round, and records that round's mean time per call; warm-up rounds are
@@ -83,7 +87,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 import nnsight_core
-from _timing import measure, profile_report, quartiles  # benchmarks/ is on sys.path when run as a script
+from _timing import count_calls, measure, profile_report, quartiles  # benchmarks/ is on sys.path as a script
 from nnsight_transformers import LanguageModel, smollm2_checkpoint
 
 PROMPT = "The Eiffel Tower is in the city of"
@@ -319,7 +323,8 @@ def measure_memory(threads: int, repeats: int) -> Dict[str, List[Tuple[float, fl
 # -- report ------------------------------------------------------------------------------------
 
 def report(timings: Dict[str, Dict[str, List[float]]],
-           memory: Optional[Dict[str, List[Tuple[float, float]]]], clock: str = "wall") -> None:
+           memory: Optional[Dict[str, List[Tuple[float, float]]]], clock: str = "wall",
+           counts: Optional[Dict[str, object]] = None) -> None:
     unit = "ms" if clock == "wall" else "cpu ms"
     print(f"\n{'case':<16} {'median ' + unit:>10} {'p25-p75 of rounds':>19} {'rounds':>6} "
           f"{'x raw':>7} {'p25-p75 of x raw':>17} {'x raw of':>9}   target")
@@ -339,6 +344,10 @@ def report(timings: Dict[str, Dict[str, List[float]]],
             target = None if name == raw_name else TARGETS.get(name)
             print(f"  {name:<14} {med:>10.2f} {lo:>9.2f} - {hi:<7.2f} {len(values):>6} "
                   f"{ratio:>7.4f} {rlo:>8.4f}-{rhi:<8.4f} {med / raw:>9.4f}   {verdict(ratio, target)}")
+            if counts and name in counts:
+                count, base = counts[name], counts[raw_name]
+                more = "" if name == raw_name else f", {count.python - base.python:+d} Python calls over raw"
+                print(f"  {'':<14} calls: {count.python} Python / {count.c} C{more}")
     if memory:
         print("-" * 96)
         print(f"(c) peak RSS (fresh process per run; MiB; median of {len(memory['raw batch'])} runs)")
@@ -420,7 +429,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 parser.error(f"--profile takes one of {sorted(all_cases)}")
             profile(all_cases, args.profile, args.profile_calls, args.top)
             return 0
-        timings = {}
+        timings, counts = {}, {}
         for section in args.sections:
             _, rounds, calls, warmup = SECTIONS[section]
             rounds = args.rounds or rounds
@@ -428,12 +437,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"timing {TITLES[section]}: {rounds} rounds x {calls} call(s) per case, "
                   f"{warmup} warm-up round(s) ...", flush=True)
             clock = time.perf_counter_ns if args.clock == "wall" else time.process_time_ns
+            counts.update(count_calls(cases[section]))
             timings[section] = measure(cases[section], rounds, calls, warmup, clock, unit_ns=1e6)
     memory = None
     if "c" in args.sections and args.mem_repeats > 0:
         print(f"measuring peak memory of (c) in {2 * args.mem_repeats} fresh processes ...", flush=True)
         memory = measure_memory(args.threads, args.mem_repeats)
-    report(timings, memory, args.clock)
+    report(timings, memory, args.clock, counts)
     return 0
 
 

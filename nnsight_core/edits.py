@@ -53,6 +53,7 @@ class EditRunner(Runner):
         invoker = Invoker(self, (), {})
         invoker.index = 0
         self._invoker = invoker
+        self.trace_state.invoke = 0
         return self._target
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:

@@ -8,6 +8,8 @@ assigning them records an edit.
 
 from __future__ import annotations
 
+import sys
+from functools import partial
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, Union
 
 import torch
@@ -158,19 +160,52 @@ class Envoy:
 
     # -- module values inside a trace -------------------------------------------
 
-    @property
-    def output(self) -> Proxy:
-        """The module's output at its current call (readable, assignable, editable in place)."""
-        return self._value("output")
+    def _value(self, kind: str, invoker: Optional[Invoker] = None) -> Proxy:
+        """The proxy of this module's ``kind`` value (``output``/``inputs``) at its current call.
+
+        The hot path of recording: the ``output`` and ``inputs`` properties are this
+        function (through a ``partial``), so reading ``envoy.output`` is one Python call
+        plus the node and proxy it records.
+        """
+        if invoker is None:
+            runners = _state.local.runners
+            runner = runners[-1] if runners else None
+            if runner is None or runner._model is not self._wrapper or runner._invoker is None:
+                invoker = self._invoker(kind)  # raises, naming what is wrong
+            else:
+                invoker = runner._invoker
+        path = self._path
+        if type(self) is Envoy:  # what _call() does, without its call
+            block = invoker._block
+            call = invoker._cursors.get(path, 0) if block is None else block
+        else:
+            call = self._call(invoker)
+        key = (kind, path, call)
+        proxy = invoker._current.get(key)
+        if proxy is None:
+            # The user's line, without a call when the frames above are known already (usually).
+            frame, internal = sys._getframe(1), _state._internal_code
+            while frame is not None and internal.get(frame.f_code):
+                frame = frame.f_back
+            if frame is not None and internal.get(frame.f_code) is False:
+                where = (frame.f_code.co_filename, frame.f_lineno)
+            else:
+                where = _state.user_location()
+            runner = invoker._runner
+            state = runner.trace_state
+            node = state.graph.create_node(kind, (path, call), invoke=invoker.index, where=where)
+            proxy = invoker._current[key] = runner._model.proxy_class(node, state)
+        return proxy
+
+    output = property(partial(_value, kind="output"),
+                      doc="The module's output at its current call (readable, assignable, editable in place).")
 
     @output.setter
     def output(self, value: Any) -> None:
         self._assign("output", "set_output", value)
 
-    @property
-    def inputs(self) -> Proxy:
-        """What the module received at its current call, as ``(args, kwargs)``."""
-        return self._value("inputs")
+    inputs = property(partial(_value, kind="inputs"),
+                      doc="What the module received at its current call, as ``(args, kwargs)``.")
 
     @inputs.setter
     def inputs(self, value: Any) -> None:
@@ -203,7 +238,11 @@ class Envoy:
             >>> torch.allclose(second.value, twice.shared(first.value))
             True
         """
-        invoker = self._invoker("next()")
+        runners = _state.local.runners  # the open invoke, found without a call (a step's hot path)
+        runner = runners[-1] if runners else None
+        invoker = runner._invoker if runner is not None and runner._model is self._wrapper else None
+        if invoker is None:
+            invoker = self._invoker("next()")  # raises, naming what is wrong
         if invoker._block is not None:
             raise InvokeError(f"{display_path(self._path)}.next() inside an iteration block: every "
                               f"module there is at the block's calls ({invoker._block}); move .next() "
@@ -320,15 +359,6 @@ class Envoy:
         """The call this envoy's values belong to: its cursor, or the open iteration block."""
         block = invoker._block
         return invoker._cursors.get(self._path, 0) if block is None else block
-
-    def _value(self, kind: str, invoker: Optional[Invoker] = None) -> Proxy:
-        invoker = invoker or self._invoker(kind)
-        path = self._path
-        key = (kind, path, self._call(invoker))
-        proxy = invoker._current.get(key)
-        if proxy is None:
-            proxy = invoker._current[key] = invoker._module_node(kind, path, key[2])
-        return proxy
 
     def _assign(self, kind: str, op: str, value: Any) -> None:
         invoker = self._invoker(kind)

@@ -24,7 +24,7 @@ from ._tree import map_structure
 from .errors import InvokeError
 
 __all__ = ["Graph", "Node", "Iteration", "OPS", "MODULE_VALUE_OPS", "FED_OPS", "EVENT_KIND", "EMPTY",
-           "display_path", "format_value", "make_node", "register", "map_arg",
+           "display_path", "format_value", "make_node", "copy_node", "register", "map_arg",
            "nodes_in", "format_location"]
 
 #: The closed vocabulary of node operations, with what ``target`` and ``args`` hold.
@@ -305,18 +305,69 @@ class Graph:
         open ``tracer.cond`` block's); module values fed by hooks are never
         conditional.
         """
-        node = make_node(self, len(self.nodes), op, target, args, kwargs, invoke, where,
-                         None if op in FED_OPS else cond)
-        if node.cond is not None:
+        # What make_node() and register() do, written out: recording is the hot path of a
+        # trace, and this keeps each recorded node to this one call.
+        if op not in OPS:
+            raise ValueError(f"unknown graph operation {op!r}; the vocabulary is {sorted(OPS)}")
+        kwargs = kwargs or {}
+        if type(args) is not tuple:
+            args = tuple(args)
+        deps: Dict[int, Node] = {}
+        flat = True
+        for a in args:
+            kind = type(a)
+            if kind is Node:
+                deps[a.index] = a
+            elif kind in _CONTAINERS:
+                if kind is tuple and INDEX_TYPES.issuperset(map(type, a)):
+                    for item in a:
+                        if type(item) is slice and not SCALAR_TYPES.issuperset(
+                                (type(item.start), type(item.stop), type(item.step))):
+                            break
+                    else:
+                        continue  # constants only (an index such as `[:, 0]`): no node inside
+                if _collect(a, deps):
+                    flat = False
+        if kwargs and _collect(kwargs, deps):
+            flat = False
+        if op in FED_OPS:
+            cond = None
+        elif cond is not None:
+            deps[cond.index] = cond
             self.guarded = True
-        for dep in node.deps:
+        node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
+        node.graph = self
+        node.index = len(self.nodes)
+        node.op = op
+        node.target = target
+        node.args = args
+        node.kwargs = kwargs
+        node.deps = deps = tuple(deps.values())
+        node.users = []
+        node.invoke = invoke
+        node.saved = op == "save"
+        node.where = where
+        node.mutated = False
+        node.iteration = None
+        node.cond = cond
+        node._flat = flat
+        for dep in deps:
             dep.users.append(node)
         self.nodes.append(node)
         if self.iterations and _template_of(node) is not None:
             return node  # each execution registers its copies for their call (see register)
-        register(node, self.fed, self.edits)
-        if op == "grad":
-            self.gradients.append(node)
+        if op in MODULE_VALUE_OPS:
+            key = (EVENT_KIND[op], target[0], target[1])
+            table = self.fed if op in FED_OPS else self.edits
+            nodes = table.get(key)
+            if nodes is None:
+                table[key] = [node]
+            else:
+                nodes.append(node)
+        elif op in _REGISTERED_OPS:
+            register(node, self.fed, self.edits)
+            if op == "grad":
+                self.gradients.append(node)
         return node
 
     def require(self, invoke: int, name: str, value: Any) -> None:
@@ -435,6 +486,31 @@ def make_node(graph: Graph, index: int, op: str, target: Any, args: tuple, kwarg
     return node
 
 
+def copy_node(template: Node, index: int, target: Any, args: tuple, kwargs: dict, deps: tuple,
+              cond: Optional[Node]) -> Node:
+    """A copy of ``template`` at ``index`` with its own target, arguments, ``deps`` and condition,
+    saved if the template is; neither appended to a graph, nor linked into its arguments'
+    ``users``, nor registered (an execution copying iteration templates does what fits).
+    One call per copy, as it is made for every call of an iteration's modules."""
+    node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
+    node.graph = template.graph
+    node.index = index
+    node.op = template.op
+    node.target = target
+    node.args = args
+    node.kwargs = kwargs
+    node.deps = deps
+    node.users = []
+    node.invoke = template.invoke
+    node.saved = template.saved
+    node.where = template.where
+    node.mutated = False
+    node.iteration = None
+    node.cond = cond
+    node._flat = template._flat
+    return node
+
+
 def register(node: Node, fed: Dict[Tuple[str, str, int], List[Node]],
              edits: Dict[Tuple[str, str, int], List[Node]]) -> None:
     """File ``node`` under the hook event it runs in (``fed`` for module values the hook
@@ -445,8 +521,15 @@ def register(node: Node, fed: Dict[Tuple[str, str, int], List[Node]],
         key = (EVENT_KIND[op], node.target[0], node.target[1])
         (fed if op in FED_OPS else edits).setdefault(key, []).append(node)
     elif op == "setitem" or (op == "call_method" and _is_inplace(node.target)):
-        args = node.args
-        root = _mutation_root(args[0] if args else None)
+        # What _mutation_root() does, written out (once per recorded edit).
+        root = node.args[0] if node.args else None
+        while type(root) is Node and root.op not in MODULE_VALUE_OPS:
+            if root.op in _VIEW_OPS or (root.op == "call_method" and root.target in _VIEW_METHODS):
+                root = root.args[0] if root.args else None
+            else:
+                root = None
+        if type(root) is not Node:
+            root = None
         if root is not None:
             key = (EVENT_KIND[root.op], root.target[0], root.target[1])
             edits.setdefault(key, []).append(node)
@@ -463,6 +546,13 @@ def register(node: Node, fed: Dict[Tuple[str, str, int], List[Node]],
 EVENT_KIND = {"output": "output", "set_output": "output",
                "inputs": "inputs", "set_inputs": "inputs", "set_input": "inputs", "skip": "inputs"}
 _CONTAINERS = frozenset({tuple, list, dict, slice})
+#: Types of constants that hold no node or proxy, and those an index tuple of constants is made of
+#: (recording checks an argument against them before walking it).
+SCALAR_TYPES = frozenset({int, float, bool, str, type(None), type(Ellipsis)})
+INDEX_TYPES = SCALAR_TYPES | {slice}
+# Ops other than module values that register() may file under a hook event.
+_REGISTERED_OPS = frozenset({"setitem", "call_method", "grad"})
+_new_node = object.__new__
 
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import operator as _operator
 import threading
+from functools import partial
 from heapq import heappop, heappush
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -40,7 +41,8 @@ from ._grad import DEFERRED, Gradients, run_backward
 from ._tree import RowTable, clone, narrow, row_table, write_back
 from .errors import (AssignmentError, BatchError, InterventionError, MissedCallError, NNsightError,
                      OutOfOrderEditError)
-from .graph import EMPTY, FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node, display_path, make_node, map_arg, register
+from .graph import (EMPTY, EVENT_KIND, FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node, copy_node, display_path,
+                    map_arg, register)
 
 __all__ = ["Batch", "Interleaver", "StopExecution", "module_at"]
 
@@ -48,6 +50,13 @@ _UNCHANGED = object()
 
 # Uses-left count of a value that template nodes read: larger than any number of copies.
 _KEEP = 1 << 40
+
+_deps = _operator.attrgetter("deps")
+_users_of = _operator.attrgetter("users")
+_get_ident = threading.get_ident
+# Operations simple enough for `_run` to compute in place, when a subclass leaves their
+# methods as they are: saving every module output then costs no call per node.
+_INLINE_OPS = ("save", "getitem", "setitem")
 
 
 class StopExecution(BaseException):
@@ -84,7 +93,8 @@ class Batch(NamedTuple):
         for size in sizes:
             rows.append((stop, stop + size))
             stop += size
-        return cls(tuple(rows), stop, dict(layouts or {}))
+        # tuple.__new__ is what the named tuple's own __new__ calls, without its Python frame.
+        return tuple.__new__(cls, (tuple(rows), stop, dict(layouts or {})))
 
     def table(self) -> Optional[RowTable]:
         """Which rows each invoke owns per dimension-0 size; None when one invoke owns them all."""
@@ -111,16 +121,6 @@ def module_at(root: torch.nn.Module, attached: Dict[str, torch.nn.Module], path:
         if module is None:
             return None
     return module
-
-
-class _Event:
-    """One hook call of one module: what each invoke received and what it replaced."""
-
-    __slots__ = ("narrowed", "replaced")
-
-    def __init__(self) -> None:
-        self.narrowed: Dict[Any, Any] = {}
-        self.replaced: Dict[Any, Any] = {}
 
 
 class Interleaver:
@@ -182,9 +182,10 @@ class Interleaver:
         self.values: List[Any] = [EMPTY] * len(nodes)
         self.done: List[bool] = [False] * len(nodes)
         self.skipped: set = set()
-        self._pending: List[int] = [len(node.deps) for node in nodes]
-        self._uses: List[int] = [len(node.users) for node in nodes]
-        self._users: List[List[Node]] = [node.users for node in nodes]
+        # map() rather than comprehensions: this runs for every trace, and is the hot path.
+        self._users: List[List[Node]] = list(map(_users_of, nodes))
+        self._pending: List[int] = list(map(len, map(_deps, nodes)))
+        self._uses: List[int] = list(map(len, self._users))
         self._fed = graph.fed
         self._edits = graph.edits
         self._restore: List[Tuple[torch.nn.Module, Any]] = []
@@ -192,14 +193,16 @@ class Interleaver:
         self._skipped_by: Dict[str, Dict[int, Tuple[Node, Any]]] = {}
         self._skipping: Set[str] = set()  # the paths that skip nodes name
         self._calls: Dict[Tuple[str, str], int] = {}
-        self._open: Dict[Tuple[str, str, int], _Event] = {}
+        # The open hook events: (kind, path, call) -> invoke index to the value that replaces its rows.
+        self._open: Dict[Tuple[str, str, int], Dict[Any, Any]] = {}
         self._ready: List[int] = []
         self._bypass = 0
         # Gradient hooks and which backward pass feeds each grad node (None: no grad node).
-        self._grads = self._gradients()
-        self._thread = threading.get_ident()
+        self._grads = self._gradients() if graph.gradients else None
+        self._thread = _get_ident()
         # Which rows each invoke owns; one invoke owning the whole batch needs no table.
-        self._table = None if batch is None else batch.table()
+        self._table = (None if batch is None or (len(batch.rows) == 1 and batch.rows[0] == (0, batch.size))
+                       else batch.table())
         self._whole = self._table is None
         self._guarded = graph.guarded
         # Iterations: (event kind, module path) -> the iterations whose templates that event
@@ -211,6 +214,17 @@ class Interleaver:
             for pair in iteration.modules:
                 self._iterating.setdefault(pair, []).append(iteration)
 
+    # Hot-path shortcuts, worked out per class: the simple operations computed in place by
+    # `_run`, and whether a hook must call `feed` (a subclass overrides it) or may do its work.
+    _inline: frozenset = frozenset(_INLINE_OPS)
+    _feeds = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass that overrides one of the simple operations gets it called as a method.
+        cls._inline = frozenset(op for op in _INLINE_OPS if getattr(cls, op) is getattr(Interleaver, op))
+        cls._feeds = cls.feed is not Interleaver.feed or cls.drain is not Interleaver.drain
+
     def _gradients(self) -> Optional[Gradients]:
         """The gradient state of this execution, or None when the graph reads no gradient
         (override point: an execution that runs no backward pass returns None)."""
@@ -219,31 +233,58 @@ class Interleaver:
     # -- hooks -------------------------------------------------------------
 
     def __enter__(self) -> Interleaver:
-        self._ready = self._start()
+        graph = self.graph
+        if graph.iterations:
+            self._ready = self._start()
+        else:  # what _start() does without iterations, in a loop rather than a comprehension
+            self._ready = ready = []
+            for node in self.nodes:
+                if not node.deps and node.op not in FED_OPS:
+                    ready.append(node.index)
         try:
-            kinds: Dict[str, set] = {}
-            for kind, path in self.graph.modules():
-                kinds.setdefault(path, set()).add(kind)
-            self._skipping = {node.target[0] for node in self.graph.nodes if node.op == "skip"}
-            # Paths inside forwards first: the modules' own hooks then wrap what they install.
+            # Module path -> [hook its inputs, hook its output]; a plain loop, as this runs per trace.
+            wanted: Dict[str, List[bool]] = {}
+            for keys in (graph.fed, graph.edits):
+                for kind, path, _ in keys:
+                    flags = wanted.get(path)
+                    if flags is None:
+                        flags = wanted[path] = [False, False]
+                    flags[kind == "output"] = True
+            if graph.iterations:
+                for kind, path in graph.modules():
+                    wanted.setdefault(path, [False, False])[kind == "output"] = True
+            skipping = self._skipping
+            for node in graph.nodes:  # a loop, not a comprehension: no call per trace
+                if node.op == "skip":
+                    skipping.add(node.target[0])
+            # Paths inside forwards (.source call sites) first: the modules' own hooks then wrap
+            # what their installers put in place.
             for part, install in self.inside.items():
                 marker = f".{part}."
-                inside = {path: kinds.pop(path) for path in list(kinds) if marker in f".{path}."}
+                inside = {path: {kind for kind, on in zip(("inputs", "output"), wanted.pop(path)) if on}
+                          for path in list(wanted) if marker in f".{path}."}
                 if inside:
                     install(self, inside)
-            for path, wanted in kinds.items():
-                if path in self._skipping:
-                    module = self.module(path)
+            hooked, restore = self._hooked, self._restore
+            for path, (inputs, output) in wanted.items():  # what wrap() does, without a call per module
+                module = module_at(self.root, self.attached, path) or self.module(path)
+                if path in skipping:
                     self.replace_forward(module, self.skippable(path, module.forward))
-                self._hook(path, "inputs" in wanted, "output" in wanted)
-            self.drain()
+                forward = module.forward
+                hook = partial(hooked, forward, path, inputs, output)
+                hook.__wrapped__ = forward
+                restore.append((module, module.__dict__.get("forward")))
+                module.__dict__["forward"] = hook
+            if self._ready:
+                self.drain()
         except BaseException:
             self.remove_hooks()
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.remove_hooks()
+        if self._restore or self._grads is not None:
+            self.remove_hooks()
 
     def _start(self) -> List[int]:
         """The indices of the nodes ready at once, sorted (hence a valid heap).
@@ -274,9 +315,20 @@ class Interleaver:
             else:
                 module.__dict__["forward"] = previous
 
-    def _hook(self, path: str, inputs: bool, output: bool) -> None:
-        module = self.module(path)
-        self.replace_forward(module, self.wrap(path, module.forward, inputs, output))
+    def _hooked(self, forward: Any, path: str, inputs: bool, output: bool, *args: Any, **kwargs: Any) -> Any:
+        """A hooked module's ``forward``: its events around the original ``forward``."""
+        if self._bypass or _get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        if inputs:
+            new = self._event("inputs", path, (args, kwargs))
+            if new is not _UNCHANGED:
+                args, kwargs = new
+        result = forward(*args, **kwargs)
+        if output:
+            new = self._event("output", path, result)
+            if new is not _UNCHANGED:
+                result = new
+        return result
 
     def replace_forward(self, module: torch.nn.Module, forward: Callable[..., Any]) -> None:
         """Set ``forward`` as ``module``'s forward for this execution (restored by :meth:`remove_hooks`)."""
@@ -362,18 +414,32 @@ class Interleaver:
         edits = self._edits.get(key)
         if fed is None and edits is None:
             return _UNCHANGED
-        event = _Event()
-        self._open[key] = event
+        narrowed: Dict[Any, Any] = {}  # invoke -> the rows it was given
+        self._open[key] = replaced = {}  # invoke -> what replaces them (set_output & co. add to it)
         try:
-            for node in fed or ():
-                invoke = node.invoke
-                rows = value if self._whole else narrow(value, self._table, invoke)
-                event.narrowed[invoke] = rows
-                if node.mutated:
-                    rows = clone(rows)
-                    event.replaced[invoke] = rows
-                self.feed(node, rows)
-            self.drain()
+            if self._feeds:  # a subclass's feed() and drain() see every node
+                for node in fed or ():
+                    self.feed(node, self._rows(node, value, narrowed, replaced))
+                self.drain()
+            else:  # what feed() and drain() do, without a call per node
+                values, done, users, pending = self.values, self.done, self._users, self._pending
+                ready = self._ready
+                for node in fed or ():
+                    invoke = node.invoke
+                    rows = value if self._whole else narrow(value, self._table, invoke)
+                    narrowed[invoke] = rows
+                    if node.mutated:
+                        rows = replaced[invoke] = rows.clone() if isinstance(rows, torch.Tensor) else clone(rows)
+                    index = node.index
+                    values[index] = rows
+                    done[index] = True
+                    for user in users[index]:
+                        pending[user.index] -= 1
+                        if pending[user.index] == 0:
+                            heappush(ready, user.index)
+                nodes = self.nodes
+                while ready:
+                    self._run(nodes[heappop(ready)])
         finally:
             del self._open[key]
         done = self.done
@@ -386,12 +452,20 @@ class Interleaver:
                     f"{', '.join(late) or 'a value'} computed after that module ran. An edit can "
                     "only use values available when the module runs."
                 )
-        if not event.replaced:
+        if not replaced:
             return _UNCHANGED
         if self._whole:
-            return next(iter(event.replaced.values()))
-        return write_back(value, event.replaced, event.narrowed, self._table,
-                          f"{display_path(path)}.{kind} (call {call})")
+            return next(iter(replaced.values()))
+        return write_back(value, replaced, narrowed, self._table, f"{display_path(path)}.{kind} (call {call})")
+
+    def _rows(self, node: Node, value: Any, narrowed: Dict[Any, Any], replaced: Dict[Any, Any]) -> Any:
+        """The rows of a hook's ``value`` that ``node``'s invoke owns (its own copy if it edits them)."""
+        invoke = node.invoke
+        rows = value if self._whole else narrow(value, self._table, invoke)
+        narrowed[invoke] = rows
+        if node.mutated:
+            rows = replaced[invoke] = clone(rows)
+        return rows
 
     # -- iterations: copies of template nodes, per call, owned by this execution -----------
 
@@ -399,7 +473,9 @@ class Interleaver:
         """At the first event of call ``call`` of an iteration's modules, copy its templates for it."""
         for iteration in self._iterating.get((kind, path), ()):
             instances = self._instances[iteration]
-            if call in iteration and call not in instances:
+            stop = iteration.stop  # `call in iteration`, without the call
+            if (call >= iteration.start and (stop is None or call < stop)
+                    and (call - iteration.start) % iteration.step == 0 and call not in instances):
                 instances[call] = copies = self._instantiate(iteration, call)
                 pending = self._pending
                 for node in copies:
@@ -422,36 +498,61 @@ class Interleaver:
         def bind(node: Node) -> Node:
             return copies[node.index] if node.iteration is iteration else node
 
+        # Runs for every call of the iteration's modules (every generation step): loops, not
+        # comprehensions or helpers, so that a template costs one call (copy_node).
+        nodes, all_users, recorded = self.nodes, self._users, len(self.graph.nodes)
+        fed, edits = self._fed, self._edits
         created = []
         for template in iteration.nodes:
-            target = template.target
-            if template.op in MODULE_VALUE_OPS and target[1] is iteration:
+            op, target = template.op, template.target
+            if op in MODULE_VALUE_OPS and target[1] is iteration:
                 target = (target[0], call)
-            node = make_node(template.graph, len(self.nodes), template.op, target,
-                             map_arg(template.args, bind), map_arg(template.kwargs, bind),
-                             template.invoke, template.where,
-                             None if template.cond is None else bind(template.cond))
-            node.saved = template.saved
-            self.nodes.append(node)
-            self._users.append([])
-            for dep in node.deps:
-                if dep.index < len(self.graph.nodes):
-                    users = self._users[dep.index]
+            if template._flat:
+                args = []
+                for a in template.args:
+                    args.append(copies[a.index] if type(a) is Node and a.iteration is iteration else a)
+                args, kwargs = tuple(args), template.kwargs
+            else:
+                args, kwargs = map_arg(template.args, bind), map_arg(template.kwargs, bind)
+            deps = []  # the template's deps, each bound: the same order a fresh scan gives
+            for dep in template.deps:
+                deps.append(copies[dep.index] if dep.iteration is iteration else dep)
+            cond = template.cond
+            if cond is not None and cond.iteration is iteration:
+                cond = copies[cond.index]
+            node = copy_node(template, len(nodes), target, args, kwargs, tuple(deps), cond)
+            nodes.append(node)
+            all_users.append([])
+            for dep in deps:
+                if dep.index < recorded:
+                    users = all_users[dep.index]
                     if users is dep.users:  # copy on write: the graph's list stays as recorded
-                        users = self._users[dep.index] = list(users)
+                        users = all_users[dep.index] = list(users)
                     users.append(node)
                 else:
-                    self._users[dep.index].append(node)
-            register(node, self._fed, self._edits)
+                    all_users[dep.index].append(node)
+            if op in MODULE_VALUE_OPS:  # what register() does for module values
+                key = (EVENT_KIND[op], target[0], target[1])
+                table = fed if op in FED_OPS else edits
+                if key in table:
+                    table[key].append(node)
+                else:
+                    table[key] = [node]
+            elif op == "setitem" or op == "call_method" or op == "grad":
+                register(node, fed, edits)
             copies[template.index] = node
             created.append(node)
-        done = self.done
+        values, done, uses, pending = self.values, self.done, self._uses, self._pending
         for node in created:
-            self.values.append(EMPTY)
+            values.append(EMPTY)
             done.append(False)
         for node in created:
-            self._uses.append(len(self._users[node.index]))
-            self._pending.append(sum(1 for dep in node.deps if not done[dep.index]))
+            uses.append(len(all_users[node.index]))
+            waiting = 0
+            for dep in node.deps:
+                if not done[dep.index]:
+                    waiting += 1
+            pending.append(waiting)
         return created
 
     # -- execution ------------------------------------------------------------
@@ -502,14 +603,26 @@ class Interleaver:
             self._skip(node)
             return
         values = self.values
+        op = node.op
         if node._flat:
-            args = tuple([values[a.index] if type(a) is Node else a for a in node.args])
+            args = []  # a loop, not a comprehension: no extra frame per node
+            for a in node.args:
+                args.append(values[a.index] if type(a) is Node else a)
             kwargs = node.kwargs
         else:
             args = map_arg(node.args, lambda n: values[n.index])
             kwargs = map_arg(node.kwargs, lambda n: values[n.index])
         try:
-            value = getattr(self, node.op)(node, args, kwargs)
+            if op in self._inline:  # what the op methods of the same name do
+                if op == "save":
+                    value = args[0]
+                elif op == "getitem":
+                    value = args[0][args[1]]
+                else:
+                    args[0][args[1]] = args[2]
+                    value = None
+            else:
+                value = getattr(self, op)(node, tuple(args), kwargs)
         except NNsightError:
             raise
         except Exception as error:
@@ -517,7 +630,12 @@ class Interleaver:
                 f"{node.describe()}{' at ' + node.source() if node.where else ''} failed while the model "
                 f"ran: {type(error).__name__}: {error}"
             ) from error
-        self._release(node)
+        uses, keep = self._uses, self.keep  # what _release() does, without its call
+        for dep in node.deps:
+            dep_index = dep.index
+            uses[dep_index] -= 1
+            if uses[dep_index] == 0 and not dep.saved and not keep:
+                values[dep_index] = EMPTY
         if value is DEFERRED:
             return  # a hook feeds the value later (a gradient, during its backward pass)
         index = node.index
@@ -587,10 +705,13 @@ class Interleaver:
         """The values this execution leaves, by node index of the graph: saved values (every
         value with ``keep=True``); a saved iteration template's value is the list of its
         copies' values, one per call, in call order."""
-        values, graph_nodes = self.values, self.graph.nodes
-        wanted = graph_nodes if self.keep else [node for node in graph_nodes if node.saved]
-        results = {node.index: values[node.index] for node in wanted
-                   if node.iteration is None and values[node.index] is not EMPTY}
+        values, keep = self.values, self.keep
+        results = {}
+        for node in self.graph.nodes:  # a loop, not comprehensions: this runs for every trace
+            if (keep or node.saved) and node.iteration is None:
+                value = values[node.index]
+                if value is not EMPTY:
+                    results[node.index] = value
         for iteration, instances in self._instances.items():
             calls = sorted(instances)
             for position, template in enumerate(iteration.nodes):
@@ -701,7 +822,7 @@ class Interleaver:
 
     def set_output(self, node: Node, args: tuple, kwargs: dict) -> Any:
         _check_assignment(node, args[0], args[1])
-        self._event_of(node).replaced[node.invoke] = args[1]
+        self._event_of(node)[node.invoke] = args[1]
         return args[1]
 
     def set_inputs(self, node: Node, args: tuple, kwargs: dict) -> Any:
@@ -712,7 +833,7 @@ class Interleaver:
                              f"e.g. `.inputs = ((x,), {{}})`; got {type(new).__name__}.")
         new = (tuple(new[0]), new[1])
         _check_assignment(node, args[0], new)
-        self._event_of(node).replaced[node.invoke] = new
+        self._event_of(node)[node.invoke] = new
         return new
 
     def set_input(self, node: Node, args: tuple, kwargs: dict) -> Any:
@@ -722,7 +843,7 @@ class Interleaver:
                              "(only keywords); assign `.inputs = (args, kwargs)` instead.")
         _check_assignment(node, pos[0], value)
         new = ((value,) + tuple(pos[1:]), kw)
-        self._event_of(node).replaced[node.invoke] = new
+        self._event_of(node)[node.invoke] = new
         return new
 
     def skip(self, node: Node, args: tuple, kwargs: dict) -> Any:
@@ -731,7 +852,8 @@ class Interleaver:
         self._skipped_by.setdefault(path, {})[node.invoke] = (node, args[1])
         return args[1]
 
-    def _event_of(self, node: Node) -> _Event:
+    def _event_of(self, node: Node) -> Dict[Any, Any]:
+        """The replacements of the open hook event ``node`` edits (invoke -> new value)."""
         kind = "inputs" if node.op != "set_output" else "output"
         event = self._open.get((kind,) + tuple(node.target))
         if event is None:

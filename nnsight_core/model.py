@@ -167,7 +167,8 @@ class NNsightModel:
                 if not self.dispatched:
                     self.dispatch_model()
                 return self._execute(batched, **kwargs)
-        return self.runner(*inputs, invoker_args=invoker_args, scan=scan, **kwargs)
+        # What runner() does (trace() is the hot path: one call less per trace).
+        return Runner(self, inputs, invoker_args, kwargs, scan=scan, method=None, preludes=self._edits)
 
     def runner(self, *inputs: Any, method: Optional[str] = None,
                invoker_args: Optional[Dict[str, Any]] = None, scan: bool = True, **kwargs: Any) -> Runner:
@@ -385,10 +386,10 @@ class NNsightModel:
         Returns:
             The batched inputs, and the :class:`~nnsight_core.interleaver.Batch`.
         """
+        if len(sizes) == 1:
+            return prepared[0], Batch.of(sizes)  # nothing to combine (see the hookspec)
         batched = self._batch_inputs(prepared, sizes)
-        total = sum(sizes)
-        layouts = self.batch_layout(total, kwargs, method) if len(sizes) > 1 else {}
-        return batched, Batch.of(sizes, layouts)
+        return batched, Batch.of(sizes, self.batch_layout(sum(sizes), kwargs, method))
 
     def _interleave_graph(self, graph: Graph, batched: Any, batch: Optional[Batch], method: Optional[str],
                           kwargs: Dict[str, Any], keep: bool = False,
@@ -413,7 +414,8 @@ class NNsightModel:
                         output = fn(*inputs, **kwargs)
                     except StopExecution:
                         return None  # tracer.stop(): what ran is kept, nothing after it is checked
-                interleaver.check_complete()
+                if graph.nodes:  # an empty graph has nothing to miss
+                    interleaver.check_complete()
             finally:
                 if finish is not None:
                     finish(interleaver)

@@ -218,7 +218,7 @@ def call_hook(name: str, **kwargs: Any) -> Any:
     if answers is not None and name in answers:
         seen, impl = answers[name]
         if seen == changes and not manager.monitors:
-            result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+            result = impl.function(*map(kwargs.__getitem__, impl.argnames))  # map: no extra frame
             if result is not None:
                 return result
     result = _call_and_remember(manager, name, kwargs, model, changes)

@@ -16,7 +16,8 @@ below the tracer in the core's layers.
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Sequence
+import sys
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Sequence
 
 import torch
 
@@ -24,7 +25,7 @@ from . import _state
 from ._tree import map_structure
 from .errors import (GradientError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, TraceStateError,
                      ValueNotSetError)
-from .graph import EMPTY, Graph, Node
+from .graph import EMPTY, INDEX_TYPES, SCALAR_TYPES, Graph, Node
 
 if TYPE_CHECKING:
     from .tracer import Runner
@@ -72,19 +73,30 @@ class TraceState:
 
     Attributes:
         runner: The :class:`~nnsight_core.tracer.Runner` while its block records, then None.
+        graph: The graph the Runner records into.
+        invoke: While recording, the index of the open invoke, or None.
+        conds: While recording, the condition nodes of the open ``tracer.cond`` blocks
+            (innermost last).
         values: After the execution, node index to each saved value (inside a
             ``model.session()``, to every value until the session ends).
         skipped: After the execution, indices of the nodes a false ``tracer.cond`` skipped.
         ran: After the execution, node index to whether the node ran.
     """
 
-    __slots__ = ("runner", "values", "skipped", "ran")
+    __slots__ = ("runner", "values", "skipped", "ran", "graph", "invoke", "conds")
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, graph: Optional[Graph] = None,
+                 conds: Optional[List[Node]] = None) -> None:
         self.runner: Optional[Runner] = runner
         self.values: Dict[int, Any] = {}
         self.skipped: FrozenSet[int] = frozenset()
         self.ran: Sequence[bool] = ()
+        # While recording, what proxies record under, kept here so recording a node reads
+        # attributes instead of calling the Runner: its graph, the open invoke's index and
+        # the condition nodes of the open tracer.cond blocks (the Runner's own list).
+        self.graph = graph
+        self.invoke: Optional[int] = None
+        self.conds: List[Node] = [] if conds is None else conds
 
 
 class Proxy:
@@ -128,16 +140,17 @@ class Proxy:
         Raises:
             TraceStateError: Outside a trace.
         """
-        node = self.node
-        runner = self._trace.runner
-        if runner is None or _state.current_runner() is not runner:
+        node, state = self.node, self._trace
+        runner, runners = state.runner, _state.local.runners
+        if runner is None or not runners or runners[-1] is not runner:
             raise TraceStateError(
                 f".save() was called on {node.describe()} outside the trace that recorded it; "
                 "call .save() inside the `with model.trace(...)` block."
             )
+        conds = state.conds
         # Saving never fails at run time, so it reuses the location of what it saves.
-        return type(self)(node.graph.create_node("save", None, (node,), invoke=runner._invoke_index(),
-                                                 where=node.where, cond=runner.condition()), self._trace)
+        return type(self)(node.graph.create_node("save", None, (node,), invoke=state.invoke, where=node.where,
+                                                 cond=conds[-1] if conds else None), state)
 
     @property
     def value(self) -> Any:
@@ -159,10 +172,10 @@ class Proxy:
         return self._record("getattr", name, (self,))
 
     def __getitem__(self, index: Any) -> Any:
-        return self._record("getitem", None, (self, index))
+        return _record(type(self), "getitem", None, (self, index), {})
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        self._record("setitem", None, (self, index, value))
+        _record(type(self), "setitem", None, (self, index, value), {})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         node, trace = self.node, self._trace
@@ -377,25 +390,42 @@ _CONTAINERS = (tuple, list, dict, slice)
 
 
 def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
-    runner = _state.current_runner()
-    if runner is None:
+    runners = _state.local.runners
+    if not runners:
         # No trace open: saved proxies act as their values.
         return apply_op(op, target, map_structure(args, _as_value), map_structure(kwargs, _as_value))
-    graph = runner.graph
+    state = runners[-1].trace_state
+    graph = state.graph
     converted = []
     for value in args:
         kind = type(value)
         if kind in _CONTAINERS:
+            if kind is tuple and INDEX_TYPES.issuperset(map(type, value)):
+                for item in value:
+                    if type(item) is slice and not SCALAR_TYPES.issuperset(
+                            (type(item.start), type(item.stop), type(item.step))):
+                        break
+                else:
+                    converted.append(value)  # constants only (an index such as `[:, 0]`)
+                    continue
             value = map_structure(value, lambda v: _as_arg(v, graph))
         elif isinstance(value, Proxy):
             value = value.node if value.node.graph is graph else _as_arg(value, graph)
         converted.append(value)
-    args = tuple(converted)
     if kwargs:
         kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
-    node = graph.create_node(op, target, args, kwargs, invoke=runner._invoke_index(),
-                             where=_state.user_location(), cond=runner.condition())
-    return None if op == "setitem" else cls(node, runner.trace_state)
+    # The user's line, without a call when the frames above are known already (the usual case).
+    frame, internal = sys._getframe(1), _state._internal_code
+    while frame is not None and internal.get(frame.f_code):
+        frame = frame.f_back
+    if frame is not None and internal.get(frame.f_code) is False:
+        where = (frame.f_code.co_filename, frame.f_lineno)
+    else:
+        where = _state.user_location(2)
+    conds = state.conds
+    node = graph.create_node(op, target, tuple(converted), kwargs, invoke=state.invoke,
+                             where=where, cond=conds[-1] if conds else None)
+    return None if op == "setitem" else cls(node, state)
 
 
 def _as_arg(value: Any, graph: Graph) -> Any:

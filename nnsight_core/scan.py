@@ -39,7 +39,7 @@ from torch._subclasses import fake_tensor as _fake
 from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._tree import map_structure, tree_map
+from ._tree import tree_map
 from .errors import InterventionError, NNsightError, ScanError
 from .graph import EMPTY, Graph, Node
 from .interleaver import Batch, Interleaver, StopExecution
@@ -197,16 +197,21 @@ def validate(runner: Runner, batched: Any, batch: Batch) -> None:
             would raise, found on fake tensors.
     """
     scan = runner._scan_state
-    runner._scan_state = None
+    runner.__dict__["_scan_state"] = None  # not through Runner.__setattr__: a call less per trace
     invokes = len(runner.invokers)
     # Replayed persistent edits are not checked here (every later trace would pay a scan for
-    # them); the real run's assignment checks still catch a misfit.
-    targets = [node for node in runner.graph.nodes if _assigns_constant(node)
-               and node.index not in runner._replayed
-               and not (scan is not None and scan.covers(node, invokes) and node.index in scan.values)]
+    # them); the real run's assignment checks still catch a misfit. A plain loop that calls
+    # nothing for nodes that assign nothing: this runs for every trace.
+    targets = []
+    for node in runner._graph.nodes:
+        op = node.op
+        if (op in _ASSIGNMENTS or op == "call_method") and _assigns_constant(node) \
+                and node.index not in runner._replayed \
+                and not (scan is not None and scan.covers(node, invokes) and node.index in scan.values):
+            targets.append(node)
     if targets:
         run_scan(runner, (batched, batch), targets)
-        runner._scan_state = None
+        runner.__dict__["_scan_state"] = None
 
 
 def run_scan(runner: Runner, batched: Optional[Tuple[Any, Batch]] = None,
@@ -513,17 +518,22 @@ def _assigns_constant(node: Node) -> bool:
     op = node.op
     if op in _ASSIGNMENTS or (op == "call_method" and node.target.endswith("_")
                               and not node.target.startswith("__")):
-        return _holds_tensor(node.args[1:]) or _holds_tensor(node.kwargs)
+        stack = [node.args[1:], node.kwargs]  # walked without recursion or calls: once per edit
+        while stack:
+            item = stack.pop()
+            kind = type(item)
+            if kind is tuple or kind is list:
+                stack.extend(item)
+            elif kind is dict:
+                stack.extend(item.values())
+            elif kind is slice:
+                stack.extend((item.start, item.stop, item.step))
+            elif isinstance(item, torch.Tensor):
+                return True
     return False
 
 
 _ASSIGNMENTS = frozenset({"set_output", "set_inputs", "set_input", "skip", "setitem"})
-
-
-def _holds_tensor(value: Any) -> bool:
-    found: List[Any] = []
-    map_structure(value, lambda leaf: found.append(leaf) if isinstance(leaf, torch.Tensor) else None)
-    return bool(found)
 
 
 def _describe(error: BaseException) -> str:

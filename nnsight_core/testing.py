@@ -75,12 +75,14 @@ Override points (class attributes and methods of a subclass):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import gc
+import sys
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
 
-__all__ = ["AdapterConformance", "hook_count"]
+__all__ = ["AdapterConformance", "CallCounts", "call_counts", "hook_count"]
 
 #: The keys ``AdapterConformance.not_applicable`` accepts: the tests an adapter may opt out of.
 FEATURES = ("input", "next", "grad", "scan", "skip")
@@ -94,6 +96,68 @@ def hook_count(module: torch.nn.Module) -> int:
         total += len(sub._forward_hooks) + len(sub._forward_pre_hooks) + len(sub._backward_hooks)
         total += len(getattr(sub, "_backward_pre_hooks", {})) + ("forward" in sub.__dict__)
     return total
+
+
+class CallCounts(NamedTuple):
+    """How many functions one run of some code called, counted by :func:`call_counts`.
+
+    Attributes:
+        python: Calls of Python functions (each frame entered: functions, methods,
+            lambdas, and in Python < 3.12 comprehensions and generator expressions).
+        c: Calls of built-in (C) functions and methods.
+    """
+
+    python: int
+    c: int
+
+    def __sub__(self, other: Tuple[int, int]) -> CallCounts:  # type: ignore[override]
+        return CallCounts(self.python - other[0], self.c - other[1])
+
+
+def call_counts(fn: Callable[[], Any], warmup: int = 2) -> CallCounts:
+    """Count the Python and C function calls of one call of ``fn`` (with ``sys.setprofile``).
+
+    A cost measure that does not depend on the machine: the same code on the same
+    Python and torch versions makes the same calls, so a test can pin the cost of a
+    hot path (the extra calls of a trace over the raw forward pass, of one more
+    ``.save()``) where timings would be noise. ``fn`` runs ``warmup`` times first,
+    so first-use work (caches, lazy imports) is not counted; the garbage collector
+    is off while counting.
+
+    Example:
+        >>> raw = call_counts(lambda: net(x))
+        >>> def traced():
+        ...     with model.trace(x):
+        ...         pass
+        >>> extra = call_counts(traced) - raw     # what an empty trace adds
+        >>> extra.python > 0
+        True
+
+    Returns:
+        The :class:`CallCounts` of the counted call.
+    """
+    for _ in range(warmup):
+        fn()
+    counted = [0, 0]
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            counted[0] += 1
+        elif event == "c_call":
+            counted[1] += 1
+
+    enabled = gc.isenabled()
+    gc.disable()
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(previous)
+        if enabled:
+            gc.enable()
+    # The count includes the call of fn itself and the C call that stops the profiler.
+    return CallCounts(counted[0] - 1, counted[1] - 1)
 
 
 class AdapterConformance:

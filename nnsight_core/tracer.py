@@ -9,6 +9,7 @@ graph interleaved, and frees everything but saved values.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _state
@@ -20,12 +21,14 @@ from .graph import EVENT_KIND, FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node
 from .interleaver import Batch, Interleaver
 from .proxy import Proxy, TraceState, _record
 from .scan import Scan, metadata, validate
-from .session import open_session
 
 if TYPE_CHECKING:
     from .model import NNsightModel
 
 __all__ = ["Runner", "Invoker", "current_runner"]
+
+_PREPARED = attrgetter("prepared")
+_BATCH_SIZE = attrgetter("batch_size")
 
 
 class Invoker:
@@ -67,7 +70,8 @@ class Invoker:
 
     def __enter__(self) -> Invoker:
         runner = self._runner
-        if _state.current_runner() is not runner:
+        runners = _state.local.runners
+        if not runners or runners[-1] is not runner:
             raise TraceStateError("invoke() must be used inside the `with model.trace():` block "
                                   "of the Runner that created it.")
         if runner._invoker is not None:
@@ -79,8 +83,13 @@ class Invoker:
         index = len(runner.invokers)
         prepared, size = runner._model._prepare_inputs(self.inputs, self.kwargs, index)
         self.index, self.prepared, self.batch_size = index, prepared, size
-        runner._add_invoke(self)
-        runner._invoker = self
+        rows = runner._graph.rows  # what _add_invoke() does, without its call
+        start = rows[-1][1] if rows else 0
+        rows.append((start, start + size))
+        runner.invokers.append(self)
+        # Through __dict__: Runner.__setattr__ (which guards user assignments) costs a call.
+        runner.__dict__["_invoker"] = self
+        runner.trace_state.invoke = index
         for prelude in runner._preludes:  # persistent edits (model.edit()) open every invoke
             self.replay(prelude)
         return self
@@ -92,7 +101,8 @@ class Invoker:
                 for record in runner._caches:  # trace-wide tracer.cache(): this invoke's entries
                     record(self)
         finally:
-            runner._invoker = None
+            runner.__dict__["_invoker"] = None
+            runner.trace_state.invoke = None
 
     def _iteration(self, start: int, stop: Optional[int], step: int) -> Iteration:
         """This invoke's Iteration over calls ``start:stop:step`` (one per range, shared)."""
@@ -101,12 +111,6 @@ class Invoker:
         if iteration is None:
             iteration = self._iterations[key] = self._runner._graph.iteration(start, stop, step)
         return iteration
-
-    def _module_node(self, kind: str, path: str, call: Any) -> Proxy:
-        runner = self._runner
-        node = runner._graph.create_node(kind, (path, call), invoke=self.index,
-                                         where=_state.user_location())
-        return runner._model.proxy_class(node, runner.trace_state)
 
     def _set_node(self, op: str, path: str, call: Any, current: Proxy, value: Any) -> Proxy:
         return _record(self._runner._model.proxy_class, op, (path, call), (current, value), {})
@@ -196,7 +200,7 @@ class Runner:
             _caches=[],            # callbacks recording trace-wide caches as invokes close
             _output=None,
         )
-        self.__dict__["trace_state"] = TraceState(self)
+        self.__dict__["trace_state"] = TraceState(self, self._graph, self._conds)
 
     @property
     def graph(self) -> Graph:
@@ -241,33 +245,40 @@ class Runner:
         _state.local.runners.append(self)
         if self._inputs or self._invoker_args:
             try:
-                self._auto = Invoker(self, self._inputs, self._invoker_args)
-                self._auto.__enter__()
+                self.__dict__["_auto"] = auto = Invoker(self, self._inputs, self._invoker_args)
+                auto.__enter__()
             except BaseException:
                 self._close()
                 raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._close()
+        state = self.trace_state  # what _close() does, written out (a call less per trace)
+        self.__dict__["_invoker"] = state.runner = state.invoke = None
+        runners = _state.local.runners
+        if runners and runners[-1] is self:
+            runners.pop()
+        elif self in runners:
+            runners.remove(self)
         if exc_type is not None:
-            self._scan_state = None
+            self.__dict__["_scan_state"] = None
             return
         try:
             if not self.invokers:
                 raise InputError("the trace has no inputs: give them to trace(...) or open "
                                   "`with tracer.invoke(inputs):` blocks inside it.")
             batched, batch = self._batch()
-            if self._scan:
+            if self._scan and self._graph.nodes:
                 validate(self, batched, batch)  # on fake tensors, only if the graph needs checking
-            session = open_session()  # inside model.session(): keep every value until it ends
+            session = _state.local.session  # what open_session() returns: a call less per trace
             if session is not None:
                 session.traces.append(self)
-            self._output = self._model._interleave_graph(
-                self._graph, batched, batch, method=self.method, kwargs=self._kwargs,
-                keep=session is not None, finish=self._finish)
+            model = self._model  # what _interleave_graph() does, one call less per trace
+            self.__dict__["_output"] = model._interleave(
+                model._execute, (batched,), dict(self._kwargs, method=self.method), self._graph, batch,
+                session is not None, self._finish)
         finally:
-            self._scan_state = None
+            self.__dict__["_scan_state"] = None
 
     def _finish(self, interleaver: Interleaver) -> None:
         """Take what the execution left (also after an error): its results, and what ran."""
@@ -277,12 +288,14 @@ class Runner:
 
     def _batch(self) -> Tuple[Any, Batch]:
         """The invokes' inputs as one batch, and how the batch is shared among them."""
-        return self._model.batch_invokes([i.prepared for i in self.invokers],
-                                         [i.batch_size for i in self.invokers], self._kwargs, self.method)
+        invokers = self.invokers
+        return self._model.batch_invokes(list(map(_PREPARED, invokers)), list(map(_BATCH_SIZE, invokers)),
+                                         self._kwargs, self.method)
 
     def _close(self) -> None:
-        self._invoker = None
-        self.trace_state.runner = None
+        self.__dict__["_invoker"] = None
+        state = self.trace_state
+        state.runner = state.invoke = None
         runners = _state.local.runners
         if runners and runners[-1] is self:
             runners.pop()

@@ -16,7 +16,7 @@ import torch
 import nnsight_core
 from nnsight_core import Graph, Interleaver
 from nnsight_core._state import register_internal_package, user_location
-from nnsight_core.graph import Node
+from nnsight_core.graph import Node, copy_node, make_node
 from nnsight_torch import NNsight
 
 CORE = pathlib.Path(nnsight_core.__file__).parent
@@ -210,3 +210,18 @@ def test_interleaver_docstring_example_runs_a_graph_twice():
         interleaver.check_complete()
         torch.testing.assert_close(interleaver.results()[1], net.layer1(inputs))
     assert isinstance(tracer.graph, Graph)
+
+
+def test_the_fast_node_constructors_set_every_slot_as_node_init_does():
+    """Graph.create_node and copy_node fill a Node's slots directly (one call per node on the hot
+    path); a slot added to Node.__init__ but not to them would be missing on recorded nodes."""
+    graph = Graph()
+    first = graph.create_node("output", ("layer1", 0), invoke=0, where=("f.py", 1))
+    recorded = graph.create_node("getitem", None, (first, (slice(None), 0)), invoke=0)
+    reference = make_node(graph, 1, "getitem", None, (first, (slice(None), 0)), {}, 0, None, None)
+    copy = copy_node(recorded, 7, None, recorded.args, recorded.kwargs, recorded.deps, None)
+    for slot in Node.__slots__:
+        for node in (recorded, copy):
+            assert hasattr(node, slot), f"{slot} is not set by the fast constructor"
+        if slot not in ("graph", "users", "index"):
+            assert getattr(recorded, slot) == getattr(reference, slot), slot

@@ -72,8 +72,8 @@ def nnsight_execute(model: Any, batched: Any, kwargs: Dict[str, Any], method: Op
     if not isinstance(model, NNsight):
         return None
     args, invoke_kwargs = batched
-    device = _device(model._model)
-    if device is not None and not _all_on(device, args, invoke_kwargs):
+    device = _device_to_move_to(model._model, args, invoke_kwargs)
+    if device is not None:
         args, invoke_kwargs = pytree.tree_map(
             lambda t: t.to(device) if isinstance(t, torch.Tensor) and t.device != device else t,
             (args, invoke_kwargs))
@@ -115,28 +115,25 @@ def _keywords(cls: type, method: str) -> Optional[FrozenSet[str]]:
                                                                inspect.Parameter.KEYWORD_ONLY)) - {"self"}
 
 
-def _device(module: torch.nn.Module) -> Optional[torch.device]:
-    """The device of the module's first parameter (found without walking the whole tree)."""
+def _device_to_move_to(module: torch.nn.Module, args: Any, kwargs: Dict[str, Any]) -> Optional[torch.device]:
+    """The device of the module's first parameter (found without walking the whole tree), or
+    None when there is none or the inputs are plain tensors on it already (checked cheaply:
+    one call per execution)."""
     while not module._parameters and module._modules:
         module = next(iter(module._modules.values()))
     param = next(iter(module._parameters.values()), None)
     if param is None:
         param = next(module.parameters(), None)
-    if param is None:
+    if param is None or param.device.type == "meta":
         return None
     device = param.device
-    return None if device.type == "meta" else device
-
-
-def _all_on(device: torch.device, args: Any, kwargs: Dict[str, Any]) -> bool:
-    """Cheap check for the common case: plain tensor arguments already on ``device``."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
             if value.device != device:
-                return False
+                return device
         elif isinstance(value, (tuple, list, dict)):
-            return False
-    return True
+            return device
+    return None
 
 
 def _same(a: Any, b: Any) -> bool:
