@@ -36,6 +36,16 @@ __all__ = [
     "CacheKeyError",
     "GradientError",
     "ScanError",
+    "RemoteError",
+    "RemoteAuthError",
+    "VersionSkewError",
+    "RemoteLimitError",
+    "RequestSizeError",
+    "NodeLimitError",
+    "SavedBytesError",
+    "GenerationLengthError",
+    "RequestTimeoutError",
+    "ConcurrencyLimitError",
 ]
 
 
@@ -153,3 +163,43 @@ class CacheKeyError(NNsightError, KeyError):
 
 class ScanError(NNsightError, RuntimeError):
     """Raised when a proxy's shape, dtype or device is asked inside a trace but the scan on fake tensors cannot know it."""
+
+
+class RemoteError(NNsightError, RuntimeError):
+    """Raised when a remote backend cannot run a trace: the server is unreachable, a replica died, or it raised an error this client does not know."""
+
+
+class RemoteAuthError(RemoteError, PermissionError):
+    """Raised when a remote server refuses a request for a missing or unknown API key."""
+
+
+class VersionSkewError(RemoteError):
+    """Raised when a remote client and server speak different wire protocol or graph schema versions."""
+
+
+class RemoteLimitError(RemoteError):
+    """Raised when a request to a remote server exceeds one of its per-request limits (base class)."""
+
+
+class RequestSizeError(RemoteLimitError):
+    """Raised when a remote request's body is larger than the server accepts."""
+
+
+class NodeLimitError(RemoteLimitError):
+    """Raised when a remote request's graph has more nodes than the server accepts."""
+
+
+class SavedBytesError(RemoteLimitError):
+    """Raised when the values a remote trace saves are larger than the server returns."""
+
+
+class GenerationLengthError(RemoteLimitError):
+    """Raised when a remote generation asks for more new tokens than the server allows (or names none)."""
+
+
+class RequestTimeoutError(RemoteLimitError, TimeoutError):
+    """Raised when a remote request runs longer than the server's wall-time limit; the run is cancelled."""
+
+
+class ConcurrencyLimitError(RemoteLimitError):
+    """Raised when one API key has more requests running on a remote server than it allows."""

@@ -172,11 +172,13 @@ class Runner:
         invokers: The invokes entered so far, in batch order.
         method: The wrapper method the execution runs (None for a forward pass).
         trace_state: The :class:`~nnsight_core.proxy.TraceState` its proxies share.
+        backend: What runs the graph instead of this process (see the ``nnsight_backend``
+            hookspec), or None to run it here.
     """
 
     def __init__(self, model: NNsightModel, inputs: Tuple[Any, ...], invoker_args: Dict[str, Any],
                  kwargs: Dict[str, Any], scan: bool = True, method: Optional[str] = None,
-                 preludes: Sequence[Graph] = ()) -> None:
+                 preludes: Sequence[Graph] = (), backend: Optional[Callable[..., Any]] = None) -> None:
         # Set through __dict__: __setattr__ below guards user assignments, not these.
         self.__dict__.update(
             _model=model,
@@ -193,6 +195,7 @@ class Runner:
             _auto=None,            # the invoke trace() opened for its own inputs
             _conds=[],             # condition nodes of the open tracer.cond blocks (innermost last)
             invokers=[],
+            backend=backend,
             _caches=[],            # callbacks recording trace-wide caches as invokes close
             _output=None,
         )
@@ -202,6 +205,16 @@ class Runner:
     def graph(self) -> Graph:
         """The recorded graph (structure only), printable and reusable after execution."""
         return self._graph
+
+    @property
+    def wrapper(self) -> NNsightModel:
+        """The model wrapper this trace records on (for backends; ``runner.model`` is its envoy)."""
+        return self._model
+
+    @property
+    def execution_kwargs(self) -> Dict[str, Any]:
+        """The keyword arguments the execution passes to the model (``max_new_tokens``, ...)."""
+        return self._kwargs
 
     @property
     def recording(self) -> bool:
@@ -263,9 +276,12 @@ class Runner:
             session = open_session()  # inside model.session(): keep every value until it ends
             if session is not None:
                 session.traces.append(self)
-            self._output = self._model._interleave_graph(
-                self._graph, batched, batch, method=self.method, kwargs=self._kwargs,
-                keep=session is not None, finish=self._finish)
+            if self.backend is not None:  # runs elsewhere; it fills trace_state (the wrapper stays lazy)
+                self._output = self.backend(self, keep=session is not None)
+            else:
+                self._output = self._model._interleave_graph(
+                    self._graph, batched, batch, method=self.method, kwargs=self._kwargs,
+                    keep=session is not None, finish=self._finish)
         finally:
             self._scan_state = None
 
