@@ -28,7 +28,8 @@ Example:
     'LanguageModel'
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime
+# (`request: Request`), and string annotations do not resolve inside a Serve ingress class.
 
 import argparse
 import dataclasses
@@ -77,6 +78,7 @@ class ModelSpec:
         factory: ``package.module:function`` returning a wrapper or module (None for a key).
         wrapper: The wrapper class for a key (a name of :data:`WRAPPERS`).
         load_kwargs: Keyword arguments for the wrapper (``device_map``, ``dtype``).
+        replicas: Replicas of this model (None: the server's ``--replicas``).
     """
 
     name: str
@@ -84,6 +86,7 @@ class ModelSpec:
     factory: Optional[str] = None
     wrapper: str = "LanguageModel"
     load_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    replicas: Optional[int] = None
 
 
 def parse_model(text: str, wrapper: str = "LanguageModel", load_kwargs: Optional[Dict[str, Any]] = None) -> ModelSpec:
@@ -132,6 +135,10 @@ class ModelDeployment:
     def handle(self, body: bytes):
         for kind, payload in self.server.handle(body):
             yield frame(kind, payload)
+
+
+def _error(status: int, error: Exception) -> Response:
+    return Response(error_payload(error), status_code=status, media_type="application/json")
 
 
 api = FastAPI(title="nnsight-remote", version=__version__)
@@ -234,10 +241,6 @@ class Ingress:
         return b"".join(chunks)
 
 
-def _error(status: int, error: Exception) -> Response:
-    return Response(error_payload(error), status_code=status, media_type="application/json")
-
-
 def build_app(specs: Sequence[ModelSpec], limits: Optional[ServerLimits] = None, hashes: Optional[Dict[str, str]] = None,
               replicas: int = 1, actor_options: Optional[Dict[str, Any]] = None) -> Any:
     """The Serve application: an ingress bound to one deployment per model.
@@ -253,7 +256,7 @@ def build_app(specs: Sequence[ModelSpec], limits: Optional[ServerLimits] = None,
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise InputError(f"two models are served under one name: {names}.")
-    bound = [ModelDeployment.options(name=f"model{k}", num_replicas=replicas,
+    bound = [ModelDeployment.options(name=f"model{k}", num_replicas=spec.replicas or replicas,
                                      ray_actor_options=dict(actor_options or {})).bind(spec, limits)
              for k, spec in enumerate(specs)]
     return Ingress.bind(names, limits, hashes, *bound)

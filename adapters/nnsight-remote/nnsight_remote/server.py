@@ -202,7 +202,9 @@ class ModelServer:
             raise InputError(f"this server does not pass the keyword argument(s) {refused} to the model; "
                              f"it accepts {sorted(limits.allowed_kwargs)} (the operator can allow more "
                              "with --allow-kwarg).")
-        if method == "generate":
+        # A token generation (a model with a generation config) must bound its length.
+        generates_tokens = method == "generate" and getattr(self.model._model, "generation_config", None) is not None
+        if "max_new_tokens" in kwargs or generates_tokens:
             wanted = kwargs.get("max_new_tokens")
             if type(wanted) is not int or not 0 < wanted <= limits.max_new_tokens:
                 raise GenerationLengthError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 
@@ -29,7 +30,7 @@ def mlp(seed: int = 0) -> torch.nn.Sequential:
 
 class Slow(torch.nn.Module):
     """A model that takes ``steps * pause`` seconds: ``steps`` calls of ``step`` with a pause each
-    (for wall-time limits and for killing a replica mid-request).
+    (for wall-time limits and for killing a replica mid-request); ``forward(x, steps=n)`` runs n.
 
     Example:
         >>> Slow(steps=2, pause=0.0)(torch.ones(1, 4)).shape
@@ -42,8 +43,8 @@ class Slow(torch.nn.Module):
         self.step = torch.nn.Linear(4, 4)
         self.steps, self.pause = steps, pause
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.steps):
+    def forward(self, x: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        for _ in range(self.steps if steps is None else steps):
             x = self.step(x)
             time.sleep(self.pause)
         return x

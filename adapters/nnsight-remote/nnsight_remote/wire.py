@@ -240,10 +240,11 @@ class _Encoder:
             fields = [[name, self.value(getattr(value, name, None), f"{where}.{name}", depth + 1)]
                       for name in names]
             return {"output": {"class": kind.__name__, "fields": fields}}
-        if isinstance(value, tuple) and hasattr(kind, "_fields"):
+        names = _field_names(kind) if isinstance(value, tuple) else None
+        if names:  # a named tuple, or a structseq such as torch.return_types.max
             return {"namedtuple": {"class": f"{kind.__module__}.{kind.__qualname__}",
                                    "fields": [self.value(v, f"{where}.{n}", depth + 1)
-                                              for n, v in zip(kind._fields, value)]}}
+                                              for n, v in zip(names, value)]}}
         if kind is tuple or kind is list:
             return {kind.__name__: [self.value(v, f"{where}[{k}]", depth + 1) for k, v in enumerate(value)]}
         if isinstance(value, Mapping):
@@ -371,7 +372,7 @@ def decode_value(raw: Any, tensors: Dict[str, torch.Tensor], where: str = "value
     if tag == "namedtuple":
         values = items(payload["fields"], tag)
         cls = _return_type(name)
-        return cls(*values) if cls is not None and len(values) == len(cls._fields) else tuple(values)
+        return cls(values) if cls is not None and len(values) == len(_field_names(cls)) else tuple(values)
     fields = payload["fields"]
     if type(fields) is not list or not all(type(f) is list and len(f) == 2 and type(f[0]) is str for f in fields):
         raise GraphFormatError(f"{where}.output: fields are [name, value] pairs.")
@@ -406,7 +407,13 @@ def _return_type(name: str) -> Optional[type]:
         return None
     short = name[len(prefix):]
     cls = getattr(torch.return_types, short, None) if short in getattr(torch.return_types, "__all__", ()) else None
-    return cls if isinstance(cls, type) and hasattr(cls, "_fields") else None
+    return cls if isinstance(cls, type) and _field_names(cls) else None
+
+
+def _field_names(cls: type) -> Optional[Tuple[str, ...]]:
+    """The field names of a named tuple or structseq class, or None."""
+    names = getattr(cls, "_fields", None) or getattr(cls, "__match_args__", None)
+    return tuple(names) if names and all(type(n) is str for n in names) else None
 
 
 def output_classes() -> Dict[str, type]:
