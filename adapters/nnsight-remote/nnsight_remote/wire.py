@@ -236,7 +236,7 @@ class _Encoder:
             except TypeError:
                 return self.fail(f"{where} is a numpy array of dtype {value.dtype}", where)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            names = list(value.keys()) if isinstance(value, Mapping) else [f.name for f in dataclasses.fields(value)]
+            names = [f.name for f in dataclasses.fields(value)]
             fields = [[name, self.value(getattr(value, name, None), f"{where}.{name}", depth + 1)]
                       for name in names]
             return {"output": {"class": kind.__name__, "fields": fields}}
