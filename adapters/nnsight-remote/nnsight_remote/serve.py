@@ -39,7 +39,7 @@ import re
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from fastapi import FastAPI, Request
@@ -85,11 +85,11 @@ class ModelSpec:
     key: Optional[str] = None
     factory: Optional[str] = None
     wrapper: str = "LanguageModel"
-    load_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    load_kwargs: Any = dataclasses.field(default_factory=dict)
     replicas: Optional[int] = None
 
 
-def parse_model(text: str, wrapper: str = "LanguageModel", load_kwargs: Optional[Dict[str, Any]] = None) -> ModelSpec:
+def parse_model(text: str, wrapper: str = "LanguageModel", load_kwargs: "Optional[dict[str, Any]]" = None) -> ModelSpec:
     """A MODEL argument as a :class:`ModelSpec`.
 
     Raises:
@@ -129,7 +129,7 @@ class ModelDeployment:
     def __init__(self, spec: ModelSpec, limits: ServerLimits) -> None:
         self.server = ModelServer(load_model(spec), spec.name, limits)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return self.server.describe()
 
     def handle(self, body: bytes):
@@ -149,15 +149,15 @@ api = FastAPI(title="nnsight-remote", version=__version__)
 class Ingress:
     """The HTTP front: auth, body size, protocol version and per-key concurrency, then routing."""
 
-    def __init__(self, names: List[str], limits: ServerLimits, hashes: Optional[Dict[str, str]], *handles: Any) -> None:
+    def __init__(self, names: list[str], limits: ServerLimits, hashes: Optional[dict[str, str]], *handles: Any) -> None:
         self.handles = dict(zip(names, handles))
         self.limits = limits
         self.keys = KeyStore(hashes) if hashes is not None else None
-        self.in_flight: Dict[str, int] = {}
-        self.described: Optional[List[Any]] = None
+        self.in_flight: dict[str, int] = {}
+        self.described: Optional[list[Any]] = None
 
     @api.get("/healthz")
-    async def healthz(self) -> Dict[str, Any]:
+    async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "models": sorted(self.handles), "nnsight_remote": __version__}
 
     @api.get("/v1/models")
@@ -241,13 +241,13 @@ class Ingress:
         return b"".join(chunks)
 
 
-def build_app(specs: Sequence[ModelSpec], limits: Optional[ServerLimits] = None, hashes: Optional[Dict[str, str]] = None,
-              replicas: int = 1, actor_options: Optional[Dict[str, Any]] = None) -> Any:
+def build_app(specs: Sequence[ModelSpec], limits: Optional[ServerLimits] = None, hashes: "Optional[dict[str, str]]" = None,
+              replicas: int = 1, actor_options: "Optional[dict[str, Any]]" = None) -> Any:
     """The Serve application: an ingress bound to one deployment per model.
 
     Args:
         specs: The models.
-        limits: Per-request limits (default :class:`ServerLimits`).
+        limits: Per-request limits (default :class:`~nnsight_remote.server.ServerLimits`).
         hashes: Accepted API keys as ``{"sha256:HEX": name}``; None serves without keys.
         replicas: Replicas of each model.
         actor_options: ``ray_actor_options`` of each replica (``{"num_gpus": 1}``).
@@ -263,7 +263,7 @@ def build_app(specs: Sequence[ModelSpec], limits: Optional[ServerLimits] = None,
 
 
 def start(specs: Sequence[ModelSpec], port: int = 8000, host: str = "127.0.0.1", keys: Optional[KeyStore] = None,
-          limits: Optional[ServerLimits] = None, replicas: int = 1, actor_options: Optional[Dict[str, Any]] = None,
+          limits: Optional[ServerLimits] = None, replicas: int = 1, actor_options: "Optional[dict[str, Any]]" = None,
           address: Optional[str] = None, num_cpus: Optional[int] = None) -> str:
     """Start (or join) Ray, run the application and return its URL once every replica is up.
 
@@ -331,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.no_auth == bool(args.api_keys):
         parser.error("give exactly one of --api-keys FILE and --no-auth")
-    load_kwargs: Dict[str, Any] = {}
+    load_kwargs: dict[str, Any] = {}
     if args.device_map:
         load_kwargs["device_map"] = args.device_map
     if args.dtype:

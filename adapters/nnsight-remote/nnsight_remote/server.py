@@ -41,7 +41,7 @@ from nnsight_core.serialize import GuardedInterleaver, Limits, from_dict
 from . import __version__
 from .wire import PROTOCOL, decode_value, encode_value, pack, parse_json, unpack
 
-__all__ = ["ServerLimits", "ModelServer", "DEFAULT_KWARGS", "error_payload", "parse_error", "versions",
+__all__ = ["ServerLimits", "ModelServer", "Request", "DEFAULT_KWARGS", "error_payload", "parse_error", "versions",
            "check_versions"]
 
 #: Keyword arguments a request may pass to the model's execution (``trace``/``generate``
@@ -92,7 +92,10 @@ class ServerLimits:
 
 
 @dataclasses.dataclass
-class _Request:
+class Request:
+    """A validated request, ready to run: its graph, each invoke's inputs and preparation
+    keywords, the execution's keyword arguments, the method and whether to keep every value."""
+
     graph: Graph
     inputs: List[Tuple[Any, ...]]
     invoker_args: List[Dict[str, Any]]
@@ -148,7 +151,7 @@ class ModelServer:
             return
         yield b"R", result
 
-    def validate(self, body: bytes) -> _Request:
+    def validate(self, body: bytes) -> Request:
         """Check the whole request before anything runs.
 
         Raises:
@@ -210,9 +213,9 @@ class ModelServer:
                 raise GenerationLengthError(
                     f"a remote generate() needs max_new_tokens=N with 1 <= N <= {limits.max_new_tokens} "
                     f"(this server's limit), got {wanted!r}: pass e.g. max_new_tokens=20.")
-        return _Request(graph, inputs, invoker_args, kwargs, method, keep)
+        return Request(graph, inputs, invoker_args, kwargs, method, keep)
 
-    def run(self, request: _Request) -> bytes:
+    def run(self, request: Request) -> bytes:
         """Run a validated request; the response envelope with the saved values.
 
         Raises:

@@ -17,7 +17,7 @@ import torch
 __all__ = ["mlp", "Slow", "slow"]
 
 
-def mlp(seed: int = 0) -> torch.nn.Sequential:
+def mlp(seed: int = 0) -> torch.nn.Module:
     """The tests' tiny MLP: layer1 (5 -> 10), sigma1, layer2 (10 -> 2), sigma2, seeded."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(OrderedDict([
@@ -44,6 +44,7 @@ class Slow(torch.nn.Module):
         self.steps, self.pause = steps, pause
 
     def forward(self, x: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        """Apply ``step`` ``steps`` times (default ``self.steps``), pausing after each."""
         for _ in range(self.steps if steps is None else steps):
             x = self.step(x)
             time.sleep(self.pause)

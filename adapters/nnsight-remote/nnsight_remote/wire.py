@@ -52,11 +52,12 @@ from safetensors.torch import save as _save_tensors
 
 
 __all__ = ["MAGIC", "PROTOCOL", "TAGS", "MAX_HEADER_BYTES", "MAX_DEPTH", "pack", "unpack",
-           "encode_value", "decode_value", "frame", "read_frames", "Unencodable"]
+           "encode_value", "decode_value", "frame", "read_frames", "Unencodable", "output_classes",
+           "parse_json"]
 
 #: First bytes of every envelope.
 MAGIC = b"NNSR"
-#: Version of this wire format; client and server must agree (else :class:`VersionSkewError`).
+#: Version of this wire format; client and server must agree (else :class:`~nnsight_core.errors.VersionSkewError`).
 PROTOCOL = 1
 #: Largest JSON header an envelope may carry, in bytes.
 MAX_HEADER_BYTES = 64 * 2**20
