@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nnsight_remote import RemoteBackend  # noqa: E402
+from nnsight_remote import RemoteBackend, ServerLimits  # noqa: E402
 from nnsight_remote.client import build_request  # noqa: E402
 from nnsight_remote.serve import ModelSpec, start  # noqa: E402
 from nnsight_transformers import LanguageModel  # noqa: E402
@@ -74,8 +74,7 @@ def sizes(model: LanguageModel, backend: RemoteBackend) -> Dict[str, int]:
         return send(body, key, graph)
 
     backend.send = spy
-    import httpx
-    original = httpx.stream
+    original = backend._http.stream
 
     class Counting:
         def __init__(self, *args, **kwargs):
@@ -97,11 +96,11 @@ def sizes(model: LanguageModel, backend: RemoteBackend) -> Dict[str, int]:
         def __exit__(self, *exc):
             return self.context.__exit__(*exc)
 
-    httpx.stream = Counting
+    backend._http.stream = Counting
     try:
         trace(model, backend)
     finally:
-        httpx.stream = original
+        backend._http.stream = original
         backend.send = send
     return captured
 
@@ -178,7 +177,7 @@ def main(argv=None) -> int:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         started = time.perf_counter()
-        url = start(specs, port=8765, actor_options=ONE_THREAD)
+        url = start(specs, port=8765, actor_options=ONE_THREAD, limits=ServerLimits(max_concurrent_per_key=64))
         print(f"server up in {time.perf_counter() - started:.0f} s at {url}; {os.cpu_count()} CPU core(s)")
         for name, folder in models.items():
             overhead(name, folder, url, args.requests)

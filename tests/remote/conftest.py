@@ -36,8 +36,8 @@ class Server:
     sd: str
 
     def backend(self, model: str | None = None, **kwargs) -> RemoteBackend:
-        return RemoteBackend(self.url, api_key=kwargs.pop("api_key", self.key), model=model, progress=False,
-                             **kwargs)
+        return RemoteBackend(self.url, api_key=kwargs.pop("api_key", self.key), model=model,
+                             progress=kwargs.pop("progress", False), **kwargs)
 
 
 def _free_port() -> int:

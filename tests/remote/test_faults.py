@@ -76,6 +76,12 @@ def test_a_client_of_another_protocol_gets_both_versions(server):
     assert "9.9" in message and "protocol 9" in message and f"protocol {wire.PROTOCOL}" in message
 
 
+def test_progress_lines_show_queued_running_done(server, capsys):
+    run_mlp(server, torch.ones(1, 5), progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[nnsight-remote] mlp:")]
+    assert [line.split(": ")[1].split()[0] for line in lines] == ["queued", "running", "done"]
+
+
 # -- limits over HTTP ---------------------------------------------------------------------------
 
 

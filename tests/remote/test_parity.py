@@ -175,6 +175,21 @@ def test_remote_true_reads_the_environment(server, monkeypatch):
     with local.trace(SHORT):
         expected = local.lm_head.output.save()
     torch.testing.assert_close(logits.value, expected.value)
+    # A value of an earlier trace is a constant in the later graph; the JSON schema lets
+    # constants into functions and operators (torch.select), not under indexing (hidden[:, -1]).
+    with model.session(remote=True):                     # every trace of the block runs remotely
+        with model.trace(SHORT):
+            hidden = model.transformer.h[0].output[0]
+        with model.trace(MID):
+            model.transformer.h[0].output[0][:, -1] = torch.select(hidden, 1, -1)
+            patched = model.lm_head.output.save()
+    with local.session():
+        with local.trace(SHORT):
+            hidden = local.transformer.h[0].output[0]
+        with local.trace(MID):
+            local.transformer.h[0].output[0][:, -1] = torch.select(hidden, 1, -1)
+            expected = local.lm_head.output.save()
+    torch.testing.assert_close(patched.value, expected.value)
     assert not model.dispatched
 
 

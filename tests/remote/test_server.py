@@ -249,3 +249,43 @@ def test_wire_values_round_trip():
 def test_values_without_a_wire_form_are_refused(value):
     with pytest.raises(wire.Unencodable):
         wire.encode_value(value, {})
+
+
+# -- configuration errors -----------------------------------------------------------------------
+
+
+def test_remote_without_a_plugin_for_the_name_is_a_clear_error():
+    from nnsight_core.errors import AdapterNotFoundError
+    with pytest.raises(AdapterNotFoundError, match="no installed plugin provides a 'elsewhere' backend"):
+        NNsight(mlp()).backend("elsewhere")
+
+
+def test_remote_true_without_a_url_says_how_to_set_it(monkeypatch):
+    monkeypatch.delenv("NNSIGHT_REMOTE_URL", raising=False)
+    model = NNsight(mlp())
+    with pytest.raises(RemoteError, match="NNSIGHT_REMOTE_URL"):
+        model.trace(torch.ones(1, 5), remote=True)
+
+
+def test_an_unreachable_server_is_a_remote_error():
+    from nnsight_remote import RemoteBackend
+    model = NNsight(mlp())
+    with pytest.raises(RemoteError, match="cannot reach the nnsight-remote server at http://127.0.0.1:9"):
+        with model.trace(torch.ones(1, 5), backend=RemoteBackend("http://127.0.0.1:9", model="mlp", timeout=5)):
+            model.output.save()
+
+
+def test_no_auth_is_refused_off_loopback():
+    from nnsight_remote.serve import parse_model, start
+    with pytest.raises(InputError, match="loopback address only"):
+        start([parse_model("mlp=nnsight_remote.testing:mlp")], host="0.0.0.0", keys=None)
+
+
+def test_a_malformed_key_file_names_the_line(tmp_path):
+    from nnsight_remote.auth import KeyStore, add_key
+    path = tmp_path / "keys"
+    key = add_key(str(path), "alice")
+    assert KeyStore.load(str(path)).check(key) == "alice" and key not in path.read_text()
+    path.write_text(path.read_text() + "bob plaintext-key\n")
+    with pytest.raises(InputError, match="keys:2: expected `NAME sha256:HEX`"):
+        KeyStore.load(str(path))

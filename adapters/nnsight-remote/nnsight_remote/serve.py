@@ -6,7 +6,8 @@ starts (or with ``--address`` joins) a Ray cluster and serves:
 * ``GET /healthz``: ``{"status": "ok"}``, no key needed;
 * ``GET /v1/models``: each model's key, wrapper class, module tree and versions;
 * ``POST /v1/trace``: one request (:mod:`nnsight_remote.wire`), answered as a stream of
-  frames (queued, running, then the result or the error).
+  frames (queued; running, when the request has the header ``X-NNsight-Progress: 1``;
+  then the result or the error).
 
 The ingress checks the API key, the body size, the protocol version and the key's
 number of requests in flight, then hands the body to the model's deployment. Each
@@ -133,8 +134,13 @@ class ModelDeployment:
         return self.server.describe()
 
     def handle(self, body: bytes):
+        """The answer's frames as they come (a streaming call: "running" arrives when the run starts)."""
         for kind, payload in self.server.handle(body):
             yield frame(kind, payload)
+
+    def handle_all(self, body: bytes) -> bytes:
+        """The answer's frames in one piece (one Ray call: a few milliseconds less per request)."""
+        return b"".join(frame(kind, payload) for kind, payload in self.server.handle(body))
 
 
 def _error(status: int, error: Exception) -> Response:
@@ -193,14 +199,18 @@ class Ingress:
                 f"this API key already has {self.in_flight[owner]} requests in flight, the server's limit "
                 f"per key is {self.limits.max_concurrent_per_key}: wait for one to finish."))
         self.in_flight[owner] = self.in_flight.get(owner, 0) + 1
-        return StreamingResponse(self._stream(handle, name, owner, body),
+        stream = request.headers.get("x-nnsight-progress") == "1"
+        return StreamingResponse(self._stream(handle, name, owner, body, stream),
                                  media_type="application/x-nnsight-remote-stream")
 
-    async def _stream(self, handle: Any, name: str, owner: str, body: bytes):
+    async def _stream(self, handle: Any, name: str, owner: str, body: bytes, stream: bool):
         try:
             yield frame(b"S", b'{"status":"queued"}')
-            async for chunk in handle.options(stream=True).handle.remote(body):
-                yield chunk
+            if stream:
+                async for chunk in handle.options(stream=True).handle.remote(body):
+                    yield chunk
+            else:
+                yield await handle.handle_all.remote(body)
         except Exception as error:  # noqa: BLE001 - a dead replica or a cancelled call
             yield frame(b"E", error_payload(RemoteError(
                 f"the replica running the request for {name!r} failed before answering ({type(error).__name__}: "
