@@ -289,3 +289,24 @@ def test_a_malformed_key_file_names_the_line(tmp_path):
     path.write_text(path.read_text() + "bob plaintext-key\n")
     with pytest.raises(InputError, match="keys:2: expected `NAME sha256:HEX`"):
         KeyStore.load(str(path))
+
+
+def test_the_server_runs_with_the_clients_grad_mode():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return self.net(x)
+
+    server = ModelServer(NNsight(Probe()), "net")
+    backend, client = InProcess(server), NNsight(Probe())
+    with torch.no_grad(), client.trace(torch.ones(1, 5), backend=backend):
+        client.output.save()
+    with client.trace(torch.ones(1, 5), backend=backend):
+        client.output.save()
+    assert seen == [False, True]

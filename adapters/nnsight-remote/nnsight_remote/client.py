@@ -227,7 +227,7 @@ def build_request(runner: Runner, key: str, keep: bool) -> bytes:
     invokes = [{"inputs": encode(tuple(invoker.inputs), f"invoke {k}'s inputs")["tuple"],
                 "kwargs": {name: encode(value, f"invoke {k}'s {name}=") for name, value in invoker.kwargs.items()}}
                for k, invoker in enumerate(runner.invokers)]
-    header = {"model": key, "method": runner.method, "keep": keep,
+    header = {"model": key, "method": runner.method, "keep": keep, "grad": torch.is_grad_enabled(),
               "client": {"nnsight_remote": __version__, "graph_schema": GRAPH_SCHEMA, "protocol": PROTOCOL},
               "graph": to_dict(runner.graph), "invokes": invokes,
               "kwargs": {name: encode(value, f"{name}=") for name, value in runner.execution_kwargs.items()}}

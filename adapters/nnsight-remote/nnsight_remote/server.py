@@ -94,7 +94,8 @@ class ServerLimits:
 @dataclasses.dataclass
 class Request:
     """A validated request, ready to run: its graph, each invoke's inputs and preparation
-    keywords, the execution's keyword arguments, the method and whether to keep every value."""
+    keywords, the execution's keyword arguments, the method, whether to keep every value and
+    whether autograd is on (as it was around the client's trace)."""
 
     graph: Graph
     inputs: List[Tuple[Any, ...]]
@@ -102,9 +103,10 @@ class Request:
     kwargs: Dict[str, Any]
     method: Optional[str]
     keep: bool
+    grad: bool = True
 
 
-_REQUEST_KEYS = frozenset({"model", "method", "keep", "client", "graph", "invokes", "kwargs"})
+_REQUEST_KEYS = frozenset({"model", "method", "keep", "grad", "client", "graph", "invokes", "kwargs"})
 # Methods a request may run: the forward pass, or the wrapper's generate.
 _METHODS = (None, "generate")
 # The deadline of the run in this thread (the global module hook reads it).
@@ -175,9 +177,9 @@ class ModelServer:
         if method not in _METHODS:
             raise InputError(f"the request runs method {method!r}; a server runs a forward pass (null) "
                              "or 'generate'.")
-        keep = header.get("keep", False)
-        if type(keep) is not bool:
-            raise GraphFormatError("the request's 'keep' is not true or false.")
+        keep, grad = header.get("keep", False), header.get("grad", True)
+        if type(keep) is not bool or type(grad) is not bool:
+            raise GraphFormatError("the request's 'keep' and 'grad' are true or false.")
         document = header.get("graph")
         nodes = document.get("nodes") if type(document) is dict else None
         if type(nodes) is list and len(nodes) > limits.max_nodes:
@@ -213,7 +215,7 @@ class ModelServer:
                 raise GenerationLengthError(
                     f"a remote generate() needs max_new_tokens=N with 1 <= N <= {limits.max_new_tokens} "
                     f"(this server's limit), got {wanted!r}: pass e.g. max_new_tokens=20.")
-        return Request(graph, inputs, invoker_args, kwargs, method, keep)
+        return Request(graph, inputs, invoker_args, kwargs, method, keep, grad)
 
     def run(self, request: Request) -> bytes:
         """Run a validated request; the response envelope with the saved values.
@@ -232,7 +234,7 @@ class ModelServer:
             return interleaver
 
         started = time.monotonic()
-        with _Deadline(started + limits.max_seconds, limits.max_seconds):
+        with _Deadline(started + limits.max_seconds, limits.max_seconds), torch.set_grad_enabled(request.grad):
             values = self.model.run_graph(request.graph, invokes=request.inputs, invoker_args=request.invoker_args,
                                           method=request.method, executor=executor, **request.kwargs)
         interleaver = runs[-1]

@@ -15,7 +15,7 @@ on the reading side among already-loaded classes, and its fields), ``namedtuple`
 
 A request's header::
 
-    {"model": "openai-community/gpt2", "method": null | "generate", "keep": false,
+    {"model": "openai-community/gpt2", "method": null | "generate", "keep": false, "grad": true,
      "client": {"nnsight_remote": "0.1.0", "graph_schema": 1},
      "graph": <nnsight_core.serialize document>,
      "invokes": [{"inputs": [<value>, ...], "kwargs": {<name>: <value>}}, ...],
