@@ -310,3 +310,31 @@ def test_the_server_runs_with_the_clients_grad_mode():
     with client.trace(torch.ones(1, 5), backend=backend):
         client.output.save()
     assert seen == [False, True]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_images_per_prompt": 10**6}, "num_images_per_prompt=1000000 is outside"),
+    ({"height": -1}, "height=-1 is outside"),
+])
+def test_keyword_arguments_that_multiply_the_work_are_bounded(kwargs, match):
+    module, backend, client = setup(ServerLimits(allowed_kwargs=frozenset(kwargs)))
+    with pytest.raises(InputError, match=match):
+        with client.trace(torch.ones(1, 5), backend=backend, **kwargs):
+            client.output.save()
+    assert module.calls == 0
+
+
+def test_invoke_keyword_arguments_are_an_allow_list(tmp_path):
+    from nnsight_transformers import LanguageModel
+    from tests.helpers import save_tiny_lms
+    folder = save_tiny_lms(tmp_path)["gpt2"]
+    server = ModelServer(LanguageModel(folder), folder)
+    client = LanguageModel(folder)
+    with pytest.raises(InputError, match=r"invoke 0's keyword argument\(s\) \['padding'\]"):
+        with client.trace(backend=InProcess(server)) as tracer:
+            with tracer.invoke("Paris", padding="max_length", max_length=8):
+                client.lm_head.output.save()
+    with client.trace(backend=InProcess(server)) as tracer:
+        with tracer.invoke("Paris is the city of", truncation=True, max_length=2):
+            ids = client.transformer.wte.input.save()
+    assert ids.value.shape == (1, 2)

@@ -41,7 +41,8 @@ from nnsight_core.serialize import GuardedInterleaver, Limits, from_dict
 from . import __version__
 from .wire import PROTOCOL, decode_value, encode_value, pack, parse_json, unpack
 
-__all__ = ["ServerLimits", "ModelServer", "Request", "DEFAULT_KWARGS", "error_payload", "parse_error", "versions",
+__all__ = ["ServerLimits", "ModelServer", "Request", "DEFAULT_KWARGS", "DEFAULT_INVOKER_KWARGS",
+           "DEFAULT_KWARG_BOUNDS", "error_payload", "parse_error", "versions",
            "check_versions"]
 
 #: Keyword arguments a request may pass to the model's execution (``trace``/``generate``
@@ -56,6 +57,16 @@ DEFAULT_KWARGS = frozenset("""
     num_inference_steps guidance_scale height width generator negative_prompt num_images_per_prompt
     eta output_type seed class_labels
 """.split())
+
+
+#: Keyword arguments an invoke may give its input preparation (a LanguageModel's tokenizer):
+#: none that could pad a prompt to an arbitrary length.
+DEFAULT_INVOKER_KWARGS = frozenset({"add_special_tokens", "truncation", "max_length"})
+
+#: Largest values of keyword arguments that multiply the work or memory of one request.
+DEFAULT_KWARG_BOUNDS = {"num_return_sequences": 16, "num_beams": 16, "num_beam_groups": 16,
+                        "num_images_per_prompt": 16, "num_inference_steps": 1000, "height": 2048,
+                        "width": 2048, "max_length": 65_536, "min_new_tokens": 65_536}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +90,8 @@ class ServerLimits:
             (:class:`~nnsight_core.errors.ConcurrencyLimitError`).
         graph: The :class:`~nnsight_core.serialize.Limits` of what the graph's own nodes compute.
         allowed_kwargs: Keyword arguments a request may pass to the model's execution.
+        allowed_invoker_kwargs: Keyword arguments an invoke may pass to its input preparation.
+        kwarg_bounds: Largest value of each numeric keyword argument that multiplies the work.
     """
 
     max_body_bytes: int = 64 * 2**20
@@ -89,6 +102,8 @@ class ServerLimits:
     max_concurrent_per_key: int = 4
     graph: Limits = dataclasses.field(default_factory=Limits)
     allowed_kwargs: FrozenSet[str] = DEFAULT_KWARGS
+    allowed_invoker_kwargs: FrozenSet[str] = DEFAULT_INVOKER_KWARGS
+    kwarg_bounds: Dict[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_KWARG_BOUNDS))
 
 
 @dataclasses.dataclass
@@ -198,6 +213,11 @@ class ModelServer:
             kwargs = decode_value({"dict": _pairs(entry["kwargs"], f"invokes[{k}].kwargs")}, tensors,
                                   f"invokes[{k}].kwargs")
             _check_keys(kwargs, f"invoke {k}'s keyword arguments")
+            refused = sorted(set(kwargs) - limits.allowed_invoker_kwargs)
+            if refused:
+                raise InputError(f"this server does not pass invoke {k}'s keyword argument(s) {refused} to input "
+                                 f"preparation; it accepts {sorted(limits.allowed_invoker_kwargs)}.")
+            self._check_bounds(kwargs, f"invoke {k}'s")
             inputs.append(args)
             invoker_args.append(kwargs)
         kwargs = decode_value({"dict": _pairs(header.get("kwargs", {}), "kwargs")}, tensors, "kwargs")
@@ -209,6 +229,7 @@ class ModelServer:
                              "with --allow-kwarg).")
         # A token generation (a model with a generation config) must bound its length.
         generates_tokens = method == "generate" and getattr(self.model._model, "generation_config", None) is not None
+        self._check_bounds(kwargs, "the trace's")
         if "max_new_tokens" in kwargs or generates_tokens:
             wanted = kwargs.get("max_new_tokens")
             if type(wanted) is not int or not 0 < wanted <= limits.max_new_tokens:
@@ -216,6 +237,13 @@ class ModelServer:
                     f"a remote generate() needs max_new_tokens=N with 1 <= N <= {limits.max_new_tokens} "
                     f"(this server's limit), got {wanted!r}: pass e.g. max_new_tokens=20.")
         return Request(graph, inputs, invoker_args, kwargs, method, keep, grad)
+
+    def _check_bounds(self, kwargs: Dict[str, Any], whose: str) -> None:
+        for name, bound in self.limits.kwarg_bounds.items():
+            value = kwargs.get(name)
+            if value is not None and (type(value) is not int or not 0 <= value <= bound):
+                raise InputError(f"{whose} keyword argument {name}={value!r} is outside what this server "
+                                 f"runs: an integer from 0 to {bound}.")
 
     def run(self, request: Request) -> bytes:
         """Run a validated request; the response envelope with the saved values.

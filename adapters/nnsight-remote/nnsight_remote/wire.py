@@ -359,9 +359,9 @@ def decode_value(raw: Any, tensors: Dict[str, torch.Tensor], where: str = "value
     if tag == "generator":
         if type(payload) is not dict or set(payload) != {"device", "state"}:
             raise GraphFormatError(f"{where}.generator: expected {{\"device\", \"state\"}}.")
-        generator = torch.Generator(device=_device(payload["device"], where))
         state = _tensor(payload["state"], tensors, where)
         try:
+            generator = torch.Generator(device=_device(payload["device"], where))
             generator.set_state(state)
         except (RuntimeError, TypeError, ValueError) as error:
             raise GraphFormatError(f"{where}.generator: not a generator state: {error}") from None
