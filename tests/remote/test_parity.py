@@ -179,15 +179,15 @@ def test_remote_true_reads_the_environment(server, monkeypatch):
     # constants into functions and operators (torch.select), not under indexing (hidden[:, -1]).
     with model.session(remote=True):                     # every trace of the block runs remotely
         with model.trace(SHORT):
-            hidden = model.transformer.h[0].output[0]
+            hidden = model.lm_head.input                   # (1, tokens, hidden)
         with model.trace(MID):
-            model.transformer.h[0].output[0][:, -1] = torch.select(hidden, 1, -1)
+            model.lm_head.input[:, -1] = torch.select(hidden, 1, -1)
             patched = model.lm_head.output.save()
     with local.session():
         with local.trace(SHORT):
-            hidden = local.transformer.h[0].output[0]
+            hidden = local.lm_head.input
         with local.trace(MID):
-            local.transformer.h[0].output[0][:, -1] = torch.select(hidden, 1, -1)
+            local.lm_head.input[:, -1] = torch.select(hidden, 1, -1)
             expected = local.lm_head.output.save()
     torch.testing.assert_close(patched.value, expected.value)
     assert not model.dispatched
