@@ -112,7 +112,7 @@ def nnsight_backend(model: NNsightModel, name: str) -> Optional[Any]:
     callable ``backend(runner, keep)``: the Runner calls it when its block exits,
     after batching and the scan, instead of executing the graph here; it reads
     ``runner.graph``, ``runner.invokers`` (each invoke's ``inputs`` and
-    ``kwargs``), ``runner.method``, ``runner.execution_kwargs`` and ``runner.wrapper``, fills
+    ``kwargs``), ``runner.method``, ``runner.execution_kwargs`` and ``runner.model_wrapper``, fills
     ``runner.trace_state`` (``values``, ``ran``, ``skipped``; with ``keep`` every
     value, for a session) and returns what ``runner.output`` becomes. First
     result wins; return ``None`` for names you do not serve.

@@ -182,11 +182,11 @@ class NNsightModel:
             AdapterNotFoundError: ``remote=True`` but no installed plugin serves remote backends.
         """
         if backend is None:
-            backend = self.backend("remote") if remote else session_backend()
+            backend = self.find_backend("remote") if remote else session_backend()
         return Runner(self, inputs, dict(invoker_args or {}), kwargs, scan=scan, method=method,
                       preludes=self._edits, backend=backend)
 
-    def backend(self, name: str) -> Callable[..., Any]:
+    def find_backend(self, name: str) -> Callable[..., Any]:
         """The backend plugins give for ``name`` (``"remote"``), through the ``nnsight_backend`` hook.
 
         Raises:
@@ -242,7 +242,7 @@ class NNsightModel:
             TraceStateError: On entering it inside a trace or inside another session.
         """
         if backend is None and remote:
-            backend = self.backend("remote")
+            backend = self.find_backend("remote")
         return Session(self, backend=backend)
 
     def edit(self, *, inplace: bool = False) -> EditRunner:

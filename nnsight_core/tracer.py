@@ -207,7 +207,7 @@ class Runner:
         return self._graph
 
     @property
-    def wrapper(self) -> NNsightModel:
+    def model_wrapper(self) -> NNsightModel:
         """The model wrapper this trace records on (for backends; ``runner.model`` is its envoy)."""
         return self._model
 

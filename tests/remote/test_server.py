@@ -257,7 +257,7 @@ def test_values_without_a_wire_form_are_refused(value):
 def test_remote_without_a_plugin_for_the_name_is_a_clear_error():
     from nnsight_core.errors import AdapterNotFoundError
     with pytest.raises(AdapterNotFoundError, match="no installed plugin provides a 'elsewhere' backend"):
-        NNsight(mlp()).backend("elsewhere")
+        NNsight(mlp()).find_backend("elsewhere")
 
 
 def test_remote_true_without_a_url_says_how_to_set_it(monkeypatch):

@@ -116,7 +116,7 @@ class RemoteBackend:
     def __call__(self, runner: Runner, keep: bool) -> Any:
         """Run ``runner``'s trace on the server, fill its ``trace_state``; the output is None
         (save ``model.output`` to get it)."""
-        key = self.model or model_key_of(runner.wrapper)
+        key = self.model or model_key_of(runner.model_wrapper)
         body = build_request(runner, key, keep)
         values, ran, skipped, dropped = self.send(body, key, runner.graph)
         state = runner.trace_state

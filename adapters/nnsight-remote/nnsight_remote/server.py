@@ -103,7 +103,7 @@ class ServerLimits:
     graph: Limits = dataclasses.field(default_factory=Limits)
     allowed_kwargs: FrozenSet[str] = DEFAULT_KWARGS
     allowed_invoker_kwargs: FrozenSet[str] = DEFAULT_INVOKER_KWARGS
-    kwarg_bounds: Dict[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_KWARG_BOUNDS))
+    kwarg_bounds: Any = dataclasses.field(default_factory=lambda: dict(DEFAULT_KWARG_BOUNDS))  # {name: bound}
 
 
 @dataclasses.dataclass
