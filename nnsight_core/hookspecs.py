@@ -3,7 +3,9 @@
 An adapter is a pluggy plugin registered under the entry-point group
 ``nnsight_core``. Each hook receives the model wrapper as ``model``; an adapter
 returns ``None`` for wrappers that are not its own, so the next plugin is
-asked. All four hooks are ``firstresult``: the first non-``None`` answer wins.
+asked. All hooks are ``firstresult``: the first non-``None`` answer wins.
+``nnsight_backend`` is not an adapter's: a plugin that runs traces elsewhere
+(on a server) implements it.
 Plugins may also wrap any hook (``@hookimpl(wrapper=True)``), e.g. to time
 ``nnsight_execute``, without touching an adapter.
 """
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from .model import NNsightModel
 
 __all__ = ["hookspec", "hookimpl", "PROJECT", "nnsight_load", "nnsight_prepare_inputs",
-           "nnsight_batch_inputs", "nnsight_execute"]
+           "nnsight_batch_inputs", "nnsight_execute", "nnsight_backend"]
 
 #: Name of the pluggy project and of the entry-point group adapters register under.
 PROJECT = "nnsight_core"
@@ -96,4 +98,22 @@ def nnsight_execute(model: NNsightModel, batched: Any, kwargs: Dict[str, Any],
 
     First result wins; return ``None`` for wrappers that are not yours (a
     model whose output is ``None`` therefore lets later plugins run too).
+    """
+
+
+# -- executing elsewhere ---------------------------------------------------------
+
+@hookspec(firstresult=True)
+def nnsight_backend(model: NNsightModel, name: str) -> Optional[Any]:
+    """Give the backend that runs a trace somewhere other than this process.
+
+    Called when a trace, generation or session is opened with ``remote=True``
+    (``name`` is ``"remote"``) and no ``backend=`` was given. A backend is a
+    callable ``backend(runner, keep)``: the Runner calls it when its block exits,
+    after batching and the scan, instead of executing the graph here; it reads
+    ``runner.graph``, ``runner.invokers`` (each invoke's ``inputs`` and
+    ``kwargs``), ``runner.method``, ``runner.execution_kwargs`` and ``runner.model_wrapper``, fills
+    ``runner.trace_state`` (``values``, ``ran``, ``skipped``; with ``keep`` every
+    value, for a session) and returns what ``runner.output`` becomes. First
+    result wins; return ``None`` for names you do not serve.
     """

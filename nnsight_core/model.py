@@ -17,13 +17,13 @@ from . import _state
 from ._aliases import NO_ALIASES, Aliases
 from .edits import EditRunner
 from .envoy import Envoy
-from .errors import EnvoyAttributeError, InputError, InvokeError, TraceStateError
+from .errors import AdapterNotFoundError, EnvoyAttributeError, InputError, InvokeError, TraceStateError
 from .graph import MODULE_VALUE_OPS, Graph, display_path
 from .interleaver import Batch, Interleaver, StopExecution, module_at
+from .plugins import call_hook, get_plugin_manager
 from .source import split_path
-from .plugins import call_hook
 from .proxy import InterventionProxy, Proxy
-from .session import Session
+from .session import Session, session_backend
 from .tracer import Invoker, Runner
 
 __all__ = ["NNsightModel"]
@@ -167,11 +167,14 @@ class NNsightModel:
                 if not self.dispatched:
                     self.dispatch_model()
                 return self._execute(batched, **kwargs)
+        if kwargs or _state.local.session is not None:  # backend=/remote=, a session's backend
+            return self.runner(*inputs, invoker_args=invoker_args, scan=scan, **kwargs)
         # What runner() does (trace() is the hot path: one call less per trace).
         return Runner(self, inputs, invoker_args, kwargs, scan=scan, method=None, preludes=self._edits)
 
     def runner(self, *inputs: Any, method: Optional[str] = None,
-               invoker_args: Optional[Dict[str, Any]] = None, scan: bool = True, **kwargs: Any) -> Runner:
+               invoker_args: Optional[Dict[str, Any]] = None, scan: bool = True,
+               backend: Optional[Callable[..., Any]] = None, remote: bool = False, **kwargs: Any) -> Runner:
         """A tracing context that runs ``method`` of the wrapped module (its forward pass when None).
 
         This is what :meth:`trace` returns; an adapter's wrapper uses it for the other
@@ -190,10 +193,34 @@ class NNsightModel:
             method: The name the adapter's ``nnsight_execute`` runs (None: the forward pass).
             invoker_args: Keyword arguments for the invoke's input preparation.
             scan: See :meth:`trace`.
+            backend: Run the graph there instead of in this process (see the ``nnsight_backend``
+                hookspec); the wrapper is then never dispatched.
+            remote: Ask the installed plugins for the ``"remote"`` backend (``nnsight_backend``);
+                also :meth:`trace` and ``generate`` take ``backend=`` and ``remote=``. Inside
+                ``model.session(remote=True)`` traces use the session's backend.
             **kwargs: Passed to execution.
+
+        Raises:
+            AdapterNotFoundError: ``remote=True`` but no installed plugin serves remote backends.
         """
+        if backend is None:
+            backend = self.find_backend("remote") if remote else session_backend()
         return Runner(self, inputs, dict(invoker_args or {}), kwargs, scan=scan, method=method,
-                      preludes=self._edits)
+                      preludes=self._edits, backend=backend)
+
+    def find_backend(self, name: str) -> Callable[..., Any]:
+        """The backend plugins give for ``name`` (``"remote"``), through the ``nnsight_backend`` hook.
+
+        Raises:
+            AdapterNotFoundError: No installed plugin serves a backend of that name.
+        """
+        backend = get_plugin_manager().hook.nnsight_backend(model=self, name=name)
+        if backend is None:
+            raise AdapterNotFoundError(
+                f"no installed plugin provides a {name!r} backend for {type(self).__name__} (the "
+                "nnsight_backend hook): install the distribution of a remote backend plugin, or "
+                "pass backend=... to trace().")
+        return backend
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
         """Open an invoke in this model's open trace (same as ``tracer.invoke``).
@@ -209,7 +236,7 @@ class NNsightModel:
 
     # -- sessions and persistent edits --------------------------------------------------
 
-    def session(self) -> Session:
+    def session(self, remote: bool = False, backend: Optional[Callable[..., Any]] = None) -> Session:
         """A block of traces in which a later trace can use any value of an earlier one.
 
         Every trace run inside the block keeps all its values, saved or not,
@@ -226,13 +253,19 @@ class NNsightModel:
             >>> torch.equal(out.value, net(clean))                # clean's layer1 patched in
             True
 
+        Args:
+            remote: Run every trace of the block on the ``"remote"`` backend (see :meth:`runner`).
+            backend: Run every trace of the block on this backend.
+
         Returns:
             The :class:`~nnsight_core.session.Session` context.
 
         Raises:
             TraceStateError: On entering it inside a trace or inside another session.
         """
-        return Session(self)
+        if backend is None and remote:
+            backend = self.find_backend("remote")
+        return Session(self, backend=backend)
 
     def edit(self, *, inplace: bool = False) -> EditRunner:
         """Record interventions that every later trace applies (nnsight's persistent edits).
@@ -292,7 +325,7 @@ class NNsightModel:
 
     def run_graph(self, graph: Graph, *inputs: Any, invokes: Optional[Sequence[Any]] = None,
                   method: Optional[str] = None, executor: Callable[..., Interleaver] = Interleaver,
-                  **kwargs: Any) -> Dict[int, Any]:
+                  invoker_args: Optional[Sequence[Dict[str, Any]]] = None, **kwargs: Any) -> Dict[int, Any]:
         """Run a recorded (or loaded) graph on new inputs, as its trace would have; return its saved values.
 
         The graph is structure only, so it can run any number of times, also from
@@ -317,6 +350,8 @@ class NNsightModel:
             executor: The :class:`~nnsight_core.interleaver.Interleaver` class (or a factory
                 taking its arguments) that runs the graph: a subclass can check or restrict
                 operations, as :func:`nnsight_core.serialize.run`'s guarded one does.
+            invoker_args: Keyword arguments for each invoke's input preparation, one dict per
+                invoke (as ``tracer.invoke(inputs, **invoker_args)``); default none.
             **kwargs: Passed to execution, as ``model.trace``'s keyword arguments.
 
         Returns:
@@ -344,9 +379,12 @@ class NNsightModel:
                     f"{node.describe()} (node %{node.index}) needs {display_path(path)}, which this "
                     f"{type(self).__name__} does not have: run the graph on a model with the module "
                     "tree it was recorded on.")
+        if invoker_args is not None and len(invoker_args) != expected:
+            raise InvokeError(f"run_graph() got invoker_args for {len(invoker_args)} invoke(s) but the "
+                              f"graph has {expected}; pass one dict per invoke.")
         prepared, sizes = [], []
         for k, group in enumerate(groups):
-            value, size = self._prepare_inputs(tuple(group), {}, k)
+            value, size = self._prepare_inputs(tuple(group), dict(invoker_args[k]) if invoker_args else {}, k)
             required = graph.requirements.get(k)
             if required:
                 self.check_requirements(k, value, required)

@@ -9,7 +9,7 @@ that were not saved are freed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from . import _state
 from .errors import TraceStateError
@@ -48,11 +48,13 @@ class Session:
     Attributes:
         model: The model whose ``session()`` opened it.
         traces: The Runners of the traces that ran inside it, in order.
+        backend: The backend every trace of the block runs on (``session(remote=True)``), or None.
     """
 
-    def __init__(self, model: NNsightModel) -> None:
+    def __init__(self, model: NNsightModel, backend: Optional[Callable[..., Any]] = None) -> None:
         self.model = model
         self.traces: List[Runner] = []
+        self.backend = backend
 
     def __enter__(self) -> Session:
         if _state.local.session is not None:
@@ -75,3 +77,9 @@ class Session:
 def open_session() -> Any:
     """The session open in this thread, or None (a Runner asks before it executes)."""
     return _state.local.session
+
+
+def session_backend() -> Any:
+    """The backend of the session open in this thread (``session(remote=True)``), or None."""
+    session = _state.local.session
+    return None if session is None else session.backend

@@ -176,11 +176,13 @@ class Runner:
         invokers: The invokes entered so far, in batch order.
         method: The wrapper method the execution runs (None for a forward pass).
         trace_state: The :class:`~nnsight_core.proxy.TraceState` its proxies share.
+        backend: What runs the graph instead of this process (see the ``nnsight_backend``
+            hookspec), or None to run it here.
     """
 
     def __init__(self, model: NNsightModel, inputs: Tuple[Any, ...], invoker_args: Dict[str, Any],
                  kwargs: Dict[str, Any], scan: bool = True, method: Optional[str] = None,
-                 preludes: Sequence[Graph] = ()) -> None:
+                 preludes: Sequence[Graph] = (), backend: Optional[Callable[..., Any]] = None) -> None:
         # Set through __dict__: __setattr__ below guards user assignments, not these.
         self.__dict__.update(
             _model=model,
@@ -197,6 +199,7 @@ class Runner:
             _auto=None,            # the invoke trace() opened for its own inputs
             _conds=[],             # condition nodes of the open tracer.cond blocks (innermost last)
             invokers=[],
+            backend=backend,
             _caches=[],            # callbacks recording trace-wide caches as invokes close
             _output=None,
         )
@@ -206,6 +209,16 @@ class Runner:
     def graph(self) -> Graph:
         """The recorded graph (structure only), printable and reusable after execution."""
         return self._graph
+
+    @property
+    def model_wrapper(self) -> NNsightModel:
+        """The model wrapper this trace records on (for backends; ``runner.model`` is its envoy)."""
+        return self._model
+
+    @property
+    def execution_kwargs(self) -> Dict[str, Any]:
+        """The keyword arguments the execution passes to the model (``max_new_tokens``, ...)."""
+        return self._kwargs
 
     @property
     def recording(self) -> bool:
@@ -273,10 +286,13 @@ class Runner:
             session = _state.local.session  # what open_session() returns: a call less per trace
             if session is not None:
                 session.traces.append(self)
-            model = self._model  # what _interleave_graph() does, one call less per trace
-            self.__dict__["_output"] = model._interleave(
-                model._execute, (batched,), dict(self._kwargs, method=self.method), self._graph, batch,
-                session is not None, self._finish)
+            if self.backend is not None:  # runs elsewhere; it fills trace_state (the wrapper stays lazy)
+                self.__dict__["_output"] = self.backend(self, keep=session is not None)
+            else:
+                model = self._model  # what _interleave_graph() does, one call less per trace
+                self.__dict__["_output"] = model._interleave(
+                    model._execute, (batched,), dict(self._kwargs, method=self.method), self._graph, batch,
+                    session is not None, self._finish)
         finally:
             self.__dict__["_scan_state"] = None
 

@@ -155,7 +155,7 @@ def test_proxy_from_another_models_open_trace_raises():
 def test_hookspecs_are_firstresult_and_documented():
     names = [n for n in dir(hookspecs) if n.startswith("nnsight_")]
     assert names == sorted(["nnsight_load", "nnsight_prepare_inputs", "nnsight_batch_inputs",
-                            "nnsight_execute"])
+                            "nnsight_execute", "nnsight_backend"])
     for name in names:
         spec = getattr(hookspecs, name)
         opts = spec.nnsight_core_spec

@@ -27,7 +27,7 @@ from nnsight_core import get_plugin_manager
 
 # Package -> the namespace family its examples run in.
 PACKAGES = {"nnsight_core": "core", "nnsight_torch": "core",
-            "nnsight_transformers": "transformers", "nnsight_diffusers": "diffusers"}
+            "nnsight_transformers": "transformers", "nnsight_diffusers": "diffusers", "nnsight_remote": "core"}
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # Core docstrings about generation steps, shown on a LanguageModel: qualified name -> family.
 FAMILY_OF = {"nnsight_core.envoy.Envoy.all": "transformers", "nnsight_core.tracer.Runner.iter": "transformers"}
