@@ -209,3 +209,23 @@ def test_generate_on_a_model_that_cannot_generate_is_a_clear_error(automodel, tm
     with model.trace(LONG):                       # nothing left behind: the next trace works
         out = model.output.logits.save()
     assert out.value.shape[0] == 1 and hook_count(model._model) == 0
+
+
+def test_gpt2_classifier_batches_invokes_of_different_lengths(tmp_path):
+    # GPT-2 has no pad token; its classifier pools the last real token through
+    # config.pad_token_id and refuses batches without one. LanguageModel gives it the
+    # tokenizer's pad token, so left-padded invokes batch and each matches a lone run.
+    folder = tiny_checkpoint("gpt2", str(tmp_path), automodel=AutoModelForSequenceClassification)
+    hf = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert hf.config.pad_token_id is None
+    model = LanguageModel(folder, automodel=AutoModelForSequenceClassification)
+    with model.trace() as tracer:
+        with tracer.invoke(SHORT):
+            short = model.output.logits.save()
+        with tracer.invoke(LONG):
+            long = model.output.logits.save()
+    assert model._model.config.pad_token_id == model.tokenizer.pad_token_id
+    with torch.no_grad():
+        torch.testing.assert_close(short.value, hf(input_ids=_ids(tok, SHORT)).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(long.value, hf(input_ids=_ids(tok, LONG)).logits, atol=1e-5, rtol=1e-4)

@@ -11,6 +11,7 @@ from nnsight_core import InputError, ModelKeyError, Runner, UnsupportedMethodErr
 from nnsight_torch import NNsight
 
 from .names import ARCHITECTURES, is_causal_lm, standard_rename
+from .plugin import share_pad_token
 from .proxy import LanguageModelProxy
 
 __all__ = ["LanguageModel", "Generator"]
@@ -92,6 +93,7 @@ class LanguageModel(NNsight):
         super().__init__(model_key, *args, rename=rename, **kwargs)
         del self.__dict__["_given_rename"]
         _prepare_tokenizer(self.tokenizer)
+        share_pad_token(self._model, self.tokenizer)
         self.attach("generator", Generator())
 
     def check_requirements(self, invoke: int, prepared: Any, requirements: Dict[str, Any]) -> None:

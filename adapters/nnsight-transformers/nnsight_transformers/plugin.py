@@ -43,6 +43,21 @@ def _owns(model: Any) -> bool:
     return module is not None and isinstance(model, module.LanguageModel)
 
 
+def share_pad_token(module: torch.nn.Module, tokenizer: Any) -> None:
+    """Give a sequence classifier without a pad token the tokenizer's, so invokes can batch.
+
+    Classifiers that pool the last real token (GPT-2, Llama, ...) find it through
+    ``config.pad_token_id`` and refuse batches of more than one row without it;
+    with left padding the last position is always a real token, so the
+    tokenizer's pad token (eos when it had none) is right. Models that have a pad
+    token keep it.
+    """
+    config = getattr(module, "config", None)
+    if (type(module).__name__.endswith("ForSequenceClassification") and config is not None
+            and getattr(config, "pad_token_id", 0) is None and tokenizer.pad_token_id is not None):
+        config.pad_token_id = tokenizer.pad_token_id
+
+
 @hookimpl
 def nnsight_load(model: Any, model_key: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any],
                  meta: bool) -> Optional[torch.nn.Module]:
@@ -68,7 +83,9 @@ def nnsight_load(model: Any, model_key: Any, args: Tuple[Any, ...], kwargs: Dict
         with init_empty_weights():
             return model.automodel.from_config(
                 config, trust_remote_code=checkpoint.get("trust_remote_code", False), **extra)
-    return model.automodel.from_pretrained(model_key, *args, **kwargs)
+    module = model.automodel.from_pretrained(model_key, *args, **kwargs)
+    share_pad_token(module, model.tokenizer)
+    return module
 
 
 @hookimpl
