@@ -193,7 +193,7 @@ class Envoy:
                 where = _state.user_location()
             runner = invoker._runner
             state = runner.trace_state
-            node = state.graph.create_node(kind, (path, call), invoke=invoker.index, where=where)
+            node = state.graph.create_module_value(kind, path, call, invoker.index, where)
             proxy = invoker._current[key] = runner._model.proxy_class(node, state)
         return proxy
 

@@ -274,6 +274,11 @@ class Graph:
             that did not run (``tracer.cache()``).
         guarded: Whether any node is conditional (execution then checks conditions).
         gradients: The ``grad`` nodes, in recording order.
+        starts: The nodes an execution can run at once: no node arguments, no module value.
+        saves: The ``save`` nodes, in recording order.
+        assignments: The nodes that replace a value or edit one in place (``set_output``,
+            ``set_inputs``, ``set_input``, ``skip``, ``setitem``, in-place method calls), in
+            recording order.
         requirements: Invoke index to facts about its inputs that recorded values depend
             on, ``{name: value}`` (e.g. ``{"tokens": 7}`` when ``.t[0]`` became a position
             counted from the end of 7 tokens); see :meth:`require`.
@@ -295,6 +300,10 @@ class Graph:
         self.guarded = False
         self.gradients: List[Node] = []
         self.requirements: Dict[int, Dict[str, Any]] = {}
+        # Indexes that executions and checks read instead of walking every node of every trace.
+        self.starts: List[Node] = []
+        self.saves: List[Node] = []
+        self.assignments: List[Node] = []
 
     def create_node(self, op: str, target: Any, args: tuple = (), kwargs: Optional[dict] = None,
                     invoke: Optional[int] = None, where: Optional[Tuple[str, int]] = None,
@@ -354,6 +363,13 @@ class Graph:
         for dep in deps:
             dep.users.append(node)
         self.nodes.append(node)
+        if not deps and op not in FED_OPS:
+            self.starts.append(node)
+        if op in _INDEXED_OPS:
+            if op == "save":
+                self.saves.append(node)
+            elif op != "call_method" or _is_inplace(target):
+                self.assignments.append(node)
         if self.iterations and _template_of(node) is not None:
             return node  # each execution registers its copies for their call (see register)
         if op in MODULE_VALUE_OPS:
@@ -368,6 +384,70 @@ class Graph:
             register(node, self.fed, self.edits)
             if op == "grad":
                 self.gradients.append(node)
+        return node
+
+    def create_module_value(self, op: str, path: str, call: Any, invoke: Optional[int],
+                            where: Optional[Tuple[str, int]]) -> Node:
+        """Append an ``output`` or ``inputs`` node of module ``path`` at ``call`` (an index or an
+        :class:`Iteration`): what ``create_node(op, (path, call), invoke=..., where=...)`` does,
+        for the commonest node of all (every ``envoy.output``), with nothing to inspect."""
+        node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
+        node.graph = self
+        node.index = len(self.nodes)
+        node.op = op
+        node.target = (path, call)
+        node.args = ()
+        node.kwargs = {}
+        node.deps = ()
+        node.users = []
+        node.invoke = invoke
+        node.saved = False
+        node.where = where
+        node.mutated = False
+        node.iteration = None
+        node.cond = None
+        node._flat = True
+        self.nodes.append(node)
+        if type(call) is Iteration:
+            _template_of(node)  # each execution registers its copies for their call
+            return node
+        key = (op, path, call)  # EVENT_KIND of a fed op is the op
+        nodes = self.fed.get(key)
+        if nodes is None:
+            self.fed[key] = [node]
+        else:
+            nodes.append(node)
+        return node
+
+    def create_save(self, value: Node, invoke: Optional[int], cond: Optional[Node] = None) -> Node:
+        """Append a ``save`` of ``value`` (recorded at ``value``'s line: saving cannot fail): what
+        ``create_node("save", None, (value,), ...)`` does, for the second commonest node."""
+        node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
+        node.graph = self
+        node.index = len(self.nodes)
+        node.op = "save"
+        node.target = None
+        node.args = deps = (value,)
+        node.kwargs = {}
+        if cond is not None:
+            self.guarded = True
+            if cond is not value:
+                deps = (value, cond)
+        node.deps = deps
+        node.users = []
+        node.invoke = invoke
+        node.saved = True
+        node.where = value.where
+        node.mutated = False
+        node.iteration = None
+        node.cond = cond
+        node._flat = True
+        for dep in deps:
+            dep.users.append(node)
+        self.nodes.append(node)
+        self.saves.append(node)
+        if self.iterations:
+            _template_of(node)
         return node
 
     def require(self, invoke: int, name: str, value: Any) -> None:
@@ -552,6 +632,8 @@ SCALAR_TYPES = frozenset({int, float, bool, str, type(None), type(Ellipsis)})
 INDEX_TYPES = SCALAR_TYPES | {slice}
 # Ops other than module values that register() may file under a hook event.
 _REGISTERED_OPS = frozenset({"setitem", "call_method", "grad"})
+# Ops that Graph.saves or Graph.assignments may hold.
+_INDEXED_OPS = frozenset({"save", "set_output", "set_inputs", "set_input", "skip", "setitem", "call_method"})
 _new_node = object.__new__
 
 

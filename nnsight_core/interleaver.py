@@ -205,6 +205,9 @@ class Interleaver:
                        else batch.table())
         self._whole = self._table is None
         self._guarded = graph.guarded
+        # Whether hook events may take the short way (see _event): a subclass that overrides
+        # feed(), drain() or save() sees every node go through them.
+        self._plain = self._whole and not graph.guarded and not self._feeds and "save" in self._inline
         # Iterations: (event kind, module path) -> the iterations whose templates that event
         # starts copying, and per iteration the copies made for each call.
         self._iterating: Dict[Tuple[str, str], List[Iteration]] = {}
@@ -236,11 +239,10 @@ class Interleaver:
         graph = self.graph
         if graph.iterations:
             self._ready = self._start()
-        else:  # what _start() does without iterations, in a loop rather than a comprehension
+        else:  # what _start() does without iterations: the graph keeps these nodes (in order: a heap)
             self._ready = ready = []
-            for node in self.nodes:
-                if not node.deps and node.op not in FED_OPS:
-                    ready.append(node.index)
+            for node in graph.starts:
+                ready.append(node.index)
         try:
             # Module path -> [hook its inputs, hook its output]; a plain loop, as this runs per trace.
             wanted: Dict[str, List[bool]] = {}
@@ -254,7 +256,7 @@ class Interleaver:
                 for kind, path in graph.modules():
                     wanted.setdefault(path, [False, False])[kind == "output"] = True
             skipping = self._skipping
-            for node in graph.nodes:  # a loop, not a comprehension: no call per trace
+            for node in graph.assignments:  # a loop, not a comprehension: no call per trace
                 if node.op == "skip":
                     skipping.add(node.target[0])
             # Paths inside forwards (.source call sites) first: the modules' own hooks then wrap
@@ -412,6 +414,40 @@ class Interleaver:
             self._copy_templates(kind, path, call)
         fed = self._fed.get(key)
         edits = self._edits.get(key)
+        if edits is None and self._plain:
+            # The common case: one invoke owns the batch, nothing edits this value and nothing
+            # is conditional, so no rows to narrow or write back and no event to open for edits.
+            if fed is None:
+                return _UNCHANGED
+            values, done, users, pending, ready = self.values, self.done, self._users, self._pending, self._ready
+            new = _UNCHANGED
+            for node in fed:
+                index = node.index
+                rows = value
+                if node.mutated:  # a gradient reaches it: the invoke's own copy goes on
+                    rows = new = value.clone() if isinstance(value, torch.Tensor) else clone(value)
+                done[index] = True
+                values[index] = rows
+                for user in users[index]:
+                    later = user.index
+                    pending[later] -= 1
+                    if pending[later] == 0:
+                        if user.op == "save":  # what _run() does for a save of this value, in place
+                            self._uses[index] -= 1
+                            if self._uses[index] == 0 and not node.saved and not self.keep:
+                                values[index] = EMPTY
+                            done[later] = True
+                            values[later] = rows
+                            for after in users[later]:
+                                pending[after.index] -= 1
+                                if pending[after.index] == 0:
+                                    heappush(ready, after.index)
+                        else:
+                            heappush(ready, later)
+            nodes = self.nodes
+            while ready:
+                self._run(nodes[heappop(ready)])
+            return new
         if fed is None and edits is None:
             return _UNCHANGED
         narrowed: Dict[Any, Any] = {}  # invoke -> the rows it was given
@@ -707,8 +743,8 @@ class Interleaver:
         copies' values, one per call, in call order."""
         values, keep = self.values, self.keep
         results = {}
-        for node in self.graph.nodes:  # a loop, not comprehensions: this runs for every trace
-            if (keep or node.saved) and node.iteration is None:
+        for node in self.graph.nodes if keep else self.graph.saves:  # loops: this runs for every trace
+            if node.iteration is None:
                 value = values[node.index]
                 if value is not EMPTY:
                     results[node.index] = value
@@ -726,6 +762,10 @@ class Interleaver:
             MissedCallError: Naming the module, the call and how often it ran.
         """
         optional, done = self.graph.optional, self.done
+        if False not in done:  # every node ran (the common case, found without a Python loop)
+            if self._grads is not None:
+                self._grads.check_complete()
+            return
         for (kind, path, call), nodes in self.graph.fed.items():
             for node in nodes:
                 if not done[node.index] and node.index not in optional:

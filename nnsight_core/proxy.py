@@ -149,8 +149,7 @@ class Proxy:
             )
         conds = state.conds
         # Saving never fails at run time, so it reuses the location of what it saves.
-        return type(self)(node.graph.create_node("save", None, (node,), invoke=state.invoke, where=node.where,
-                                                 cond=conds[-1] if conds else None), state)
+        return type(self)(node.graph.create_save(node, state.invoke, conds[-1] if conds else None), state)
 
     @property
     def value(self) -> Any:
