@@ -185,12 +185,11 @@ class Envoy:
         if proxy is None:
             # The user's line, without a call when the frames above are known already (usually).
             frame, internal = sys._getframe(1), _state._internal_code
-            while frame is not None and internal.get(frame.f_code):
+            known = internal.get(frame.f_code)
+            while known:
                 frame = frame.f_back
-            if frame is not None and internal.get(frame.f_code) is False:
-                where = (frame.f_code.co_filename, frame.f_lineno)
-            else:
-                where = _state.user_location()
+                known = None if frame is None else internal.get(frame.f_code)
+            where = (frame.f_code.co_filename, frame.f_lineno) if known is False else _state.user_location()
             runner = invoker._runner
             state = runner.trace_state
             node = state.graph.create_module_value(kind, path, call, invoker.index, where)

@@ -261,22 +261,33 @@ class Interleaver:
                     skipping.add(node.target[0])
             # Paths inside forwards (.source call sites) first: the modules' own hooks then wrap
             # what their installers put in place.
-            for part, install in self.inside.items():
-                marker = f".{part}."
-                inside = {path: {kind for kind, on in zip(("inputs", "output"), wanted.pop(path)) if on}
-                          for path in list(wanted) if marker in f".{path}."}
-                if inside:
-                    install(self, inside)
-            hooked, restore = self._hooked, self._restore
+            if self.inside:
+                every = f".{'..'.join(wanted)}."  # one test per part, not one per path, when none is inside
+                for part, install in self.inside.items():
+                    marker = f".{part}."
+                    if marker not in every:
+                        continue
+                    inside = {path: {kind for kind, on in zip(("inputs", "output"), wanted.pop(path)) if on}
+                              for path in list(wanted) if marker in f".{path}."}
+                    if inside:
+                        install(self, inside)
+            hooked, restore, root = self._hooked, self._restore, self.root
             for path, (inputs, output) in wanted.items():  # what wrap() does, without a call per module
-                module = module_at(self.root, self.attached, path) or self.module(path)
+                module = root
+                if path:
+                    for part in path.split("."):  # what module_at() does, without its call
+                        module = module._modules.get(part)
+                        if module is None:  # attached beside the model, or an error naming the path
+                            module = self.module(path)
+                            break
                 if path in skipping:
                     self.replace_forward(module, self.skippable(path, module.forward))
                 forward = module.forward
                 hook = partial(hooked, forward, path, inputs, output)
                 hook.__wrapped__ = forward
-                restore.append((module, module.__dict__.get("forward")))
-                module.__dict__["forward"] = hook
+                attributes = module.__dict__
+                restore.append((module, attributes.get("forward")))
+                attributes["forward"] = hook
             if self._ready:
                 self.drain()
         except BaseException:
@@ -310,8 +321,9 @@ class Interleaver:
         """Restore every hooked module's ``forward`` and remove gradient hooks (idempotent)."""
         if self._grads is not None:
             self._grads.remove_hooks()
-        while self._restore:
-            module, previous = self._restore.pop()
+        restore = self._restore
+        while restore:
+            module, previous = restore.pop()
             if previous is None:
                 module.__dict__.pop("forward", None)
             else:
@@ -406,9 +418,9 @@ class Interleaver:
         return write_back(result, replaced, narrowed, self._table, f"{display_path(path)}.skip() (call {call})")
 
     def _event(self, kind: str, path: str, value: Any) -> Any:
-        calls = self._calls
-        call = calls.get((kind, path), 0)
-        calls[(kind, path)] = call + 1
+        calls, pair = self._calls, (kind, path)
+        call = calls.get(pair, 0)
+        calls[pair] = call + 1
         key = (kind, path, call)
         if self._iterating:
             self._copy_templates(kind, path, call)
