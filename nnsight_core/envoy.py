@@ -160,12 +160,12 @@ class Envoy:
 
     # -- module values inside a trace -------------------------------------------
 
-    def _value(self, kind: str, invoker: Optional[Invoker] = None) -> Proxy:
+    def _value(self, kind: str = "output", invoker: Optional[Invoker] = None) -> Proxy:
         """The proxy of this module's ``kind`` value (``output``/``inputs``) at its current call.
 
-        The hot path of recording: the ``output`` and ``inputs`` properties are this
-        function (through a ``partial``), so reading ``envoy.output`` is one Python call
-        plus the node and proxy it records.
+        The hot path of recording: the ``output`` property is this function (``kind``'s
+        default), ``inputs`` is it through a ``partial``, so reading ``envoy.output`` is one
+        Python call plus the node and proxy it records.
         """
         if invoker is None:
             runners = _state.local.runners
@@ -192,11 +192,11 @@ class Envoy:
             where = (frame.f_code.co_filename, frame.f_lineno) if known is False else _state.user_location()
             runner = invoker._runner
             state = runner.trace_state
-            node = state.graph.create_module_value(kind, path, call, invoker.index, where)
+            node = state.graph.create_module_value(key, invoker.index, where)
             proxy = invoker._current[key] = runner._model.proxy_class(node, state)
         return proxy
 
-    output = property(partial(_value, kind="output"),
+    output = property(_value,
                       doc="The module's output at its current call (readable, assignable, editable in place).")
 
     @output.setter

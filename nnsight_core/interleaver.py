@@ -52,7 +52,6 @@ _UNCHANGED = object()
 _KEEP = 1 << 40
 
 _deps = _operator.attrgetter("deps")
-_users_of = _operator.attrgetter("users")
 _get_ident = threading.get_ident
 # Operations simple enough for `_run` to compute in place, when a subclass leaves their
 # methods as they are: saving every module output then costs no call per node.
@@ -183,7 +182,7 @@ class Interleaver:
         self.done: List[bool] = [False] * len(nodes)
         self.skipped: set = set()
         # map() rather than comprehensions: this runs for every trace, and is the hot path.
-        self._users: List[List[Node]] = list(map(_users_of, nodes))
+        self._users: List[List[Node]] = list(graph.users)  # copied on write by iteration copies
         self._pending: List[int] = list(map(len, map(_deps, nodes)))
         self._uses: List[int] = list(map(len, self._users))
         self._fed = graph.fed
@@ -308,10 +307,10 @@ class Interleaver:
         """
         nodes = self.nodes
         if self.graph.iterations:
-            uses = self._uses
+            uses, users = self._uses, self._users
             for node in nodes:
                 # A value that templates use must outlive all their copies: never free it early.
-                if any(user.iteration is not None for user in node.users):
+                if any(user.iteration is not None for user in users[node.index]):
                     uses[node.index] = _KEEP
             return [node.index for node in nodes
                     if not node.deps and node.op not in FED_OPS and node.iteration is None]
@@ -548,7 +547,7 @@ class Interleaver:
 
         # Runs for every call of the iteration's modules (every generation step): loops, not
         # comprehensions or helpers, so that a template costs one call (copy_node).
-        nodes, all_users, recorded = self.nodes, self._users, len(self.graph.nodes)
+        nodes, all_users, recorded, graph_users = self.nodes, self._users, len(self.graph.nodes), self.graph.users
         fed, edits = self._fed, self._edits
         created = []
         for template in iteration.nodes:
@@ -574,7 +573,7 @@ class Interleaver:
             for dep in deps:
                 if dep.index < recorded:
                     users = all_users[dep.index]
-                    if users is dep.users:  # copy on write: the graph's list stays as recorded
+                    if users is graph_users[dep.index]:  # copy on write: the graph's list stays as recorded
                         users = all_users[dep.index] = list(users)
                     users.append(node)
                 else:
