@@ -52,6 +52,8 @@ _UNCHANGED = object()
 _KEEP = 1 << 40
 
 _deps = _operator.attrgetter("deps")
+# Which events of a module a hook handles.
+_INPUTS, _OUTPUT = 1, 2
 _get_ident = threading.get_ident
 # Operations simple enough for `_run` to compute in place, when a subclass leaves their
 # methods as they are: saving every module output then costs no call per node.
@@ -243,17 +245,14 @@ class Interleaver:
             for node in graph.starts:
                 ready.append(node.index)
         try:
-            # Module path -> [hook its inputs, hook its output]; a plain loop, as this runs per trace.
-            wanted: Dict[str, List[bool]] = {}
+            # Module path -> which events to hook (_INPUTS | _OUTPUT); plain loops: this runs per trace.
+            wanted: Dict[str, int] = {}
             for keys in (graph.fed, graph.edits):
                 for kind, path, _ in keys:
-                    flags = wanted.get(path)
-                    if flags is None:
-                        flags = wanted[path] = [False, False]
-                    flags[kind == "output"] = True
+                    wanted[path] = wanted.get(path, 0) | (_OUTPUT if kind == "output" else _INPUTS)
             if graph.iterations:
                 for kind, path in graph.modules():
-                    wanted.setdefault(path, [False, False])[kind == "output"] = True
+                    wanted[path] = wanted.get(path, 0) | (_OUTPUT if kind == "output" else _INPUTS)
             skipping = self._skipping
             for node in graph.assignments:  # a loop, not a comprehension: no call per trace
                 if node.op == "skip":
@@ -266,12 +265,16 @@ class Interleaver:
                     marker = f".{part}."
                     if marker not in every:
                         continue
-                    inside = {path: {kind for kind, on in zip(("inputs", "output"), wanted.pop(path)) if on}
-                              for path in list(wanted) if marker in f".{path}."}
+                    inside: Dict[str, Set[str]] = {}
+                    for path in list(wanted):
+                        if marker in f".{path}.":
+                            events = wanted.pop(path)
+                            inside[path] = {kind for kind, bit in (("inputs", _INPUTS), ("output", _OUTPUT))
+                                            if events & bit}
                     if inside:
                         install(self, inside)
             hooked, restore, root = self._hooked, self._restore, self.root
-            for path, (inputs, output) in wanted.items():  # what wrap() does, without a call per module
+            for path, events in wanted.items():  # what wrap() does, without a call per module
                 module = root
                 if path:
                     for part in path.split("."):  # what module_at() does, without its call
@@ -282,7 +285,7 @@ class Interleaver:
                 if path in skipping:
                     self.replace_forward(module, self.skippable(path, module.forward))
                 forward = module.forward
-                hook = partial(hooked, forward, path, inputs, output)
+                hook = partial(hooked, forward, path, events & _INPUTS, events & _OUTPUT)
                 hook.__wrapped__ = forward
                 attributes = module.__dict__
                 restore.append((module, attributes.get("forward")))
@@ -431,7 +434,7 @@ class Interleaver:
             if fed is None:
                 return _UNCHANGED
             values, done, users, pending, ready = self.values, self.done, self._users, self._pending, self._ready
-            new = _UNCHANGED
+            uses, new = self._uses, _UNCHANGED
             for node in fed:
                 index = node.index
                 rows = value
@@ -444,8 +447,8 @@ class Interleaver:
                     pending[later] -= 1
                     if pending[later] == 0:
                         if user.op == "save":  # what _run() does for a save of this value, in place
-                            self._uses[index] -= 1
-                            if self._uses[index] == 0 and not node.saved and not self.keep:
+                            uses[index] -= 1
+                            if uses[index] == 0 and not node.saved and not self.keep:
                                 values[index] = EMPTY
                             done[later] = True
                             values[later] = rows
