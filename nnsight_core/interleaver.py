@@ -444,11 +444,13 @@ class Interleaver:
                 values[index] = rows
                 for user in users[index]:
                     later = user.index
-                    pending[later] -= 1
-                    if pending[later] == 0:
+                    waiting = pending[later] - 1
+                    pending[later] = waiting
+                    if not waiting:
                         if user.op == "save":  # what _run() does for a save of this value, in place
-                            uses[index] -= 1
-                            if uses[index] == 0 and not node.saved and not self.keep:
+                            left = uses[index] - 1
+                            uses[index] = left
+                            if not left and not node.saved and not self.keep:
                                 values[index] = EMPTY
                             done[later] = True
                             values[later] = rows
