@@ -28,6 +28,10 @@ Cases:
 * ``1 invoke, cache``  one trace whose single invoke is the whole batch, ``tracer.cache()`` of every module.
 * ``N invokes, cache``  N invokes, ``tracer.cache()`` (trace-wide: each invoke's rows of every module).
   Target: at most 1.05x ``hooks, every module`` (printed below the table).
+* ``plain, loop``      N forward passes of one row each, keeping a number from each.
+* ``N traces, loop``   N traces of one row each, saving ``lm_head``'s output and keeping a number
+  from it: a trace nobody keeps must be freed at once (with its output and saved values), not
+  when Python's cycle collector next runs. Compare with ``plain, loop``.
 
 What is measured: each case runs once in a fresh subprocess. After the model and
 inputs are built and a small warm-up forward pass ran, the process resets its
@@ -59,7 +63,7 @@ from typing import Any, Callable, Dict, List
 
 CASES = ("plain", "trace, 1 invoke", "N invokes", "N invokes, save", "N invokes, edit",
          "N invokes, lens", "N invokes, lens, clone", "hooks, every module", "1 invoke, cache",
-         "N invokes, cache")
+         "N invokes, cache", "plain, loop", "N traces, loop")
 
 
 def _rss_kib() -> int:
@@ -152,6 +156,21 @@ def _case(name: str, model: Any, ids: Any) -> Callable[[], Any]:
                     pass
         return caches
 
+    def plain_loop() -> Any:
+        means = []
+        for row in ids:
+            logits = model._model(input_ids=row[None], attention_mask=torch.ones_like(row[None])).logits
+            means.append(float(logits[0, -1].mean()))
+        return means
+
+    def traces_loop() -> Any:
+        means = []
+        for row in ids:
+            with model.trace(row):
+                logits = model.lm_head.output.save()
+            means.append(float(logits.value[0, -1].mean()))
+        return means
+
     def invokes(record: Callable[[], List[Any]]) -> Callable[[], Any]:
         def run() -> Any:
             kept = []
@@ -173,6 +192,8 @@ def _case(name: str, model: Any, ids: Any) -> Callable[[], Any]:
         "hooks, every module": hooks_every_module,
         "1 invoke, cache": cache_one_invoke,
         "N invokes, cache": cache_invokes,
+        "plain, loop": plain_loop,
+        "N traces, loop": traces_loop,
     }[name]
 
 
