@@ -415,7 +415,7 @@ class Graph:
         """Append the ``output`` or ``inputs`` node ``key`` = ``(op, module path, call)`` (the call an
         index or an :class:`Iteration`): what ``create_node(op, (path, call), invoke=...,
         where=...)`` does, for the commonest node of all (every ``envoy.output``), with nothing
-        to inspect; ``key`` becomes the node's key in :attr:`fed`."""
+        to inspect; ``key`` becomes the node's key in ``fed``."""
         op, path, call = key
         node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
         node._graph = self._ref
