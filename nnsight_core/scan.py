@@ -41,7 +41,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ._tree import tree_map
 from .errors import InterventionError, NNsightError, ScanError
-from .graph import EMPTY, Graph, Node
+from .graph import EMPTY, SCALAR_TYPES, Graph, Node
 from .interleaver import Batch, Interleaver, StopExecution
 
 if TYPE_CHECKING:
@@ -521,6 +521,8 @@ def _assigns_constant(node: Node) -> bool:
         while stack:
             item = stack.pop()
             kind = type(item)
+            if kind in SCALAR_TYPES or kind is Node:  # indices, numbers, graph values: no constant tensor
+                continue
             if kind is tuple or kind is list:
                 stack.extend(item)
             elif kind is dict:
