@@ -182,7 +182,7 @@ class Gradients:
                 interleaver.feed_apart(node, value)
             finally:
                 del self._open[node.index]
-            self._check_assignments_ran(node, interleaver.done)
+            self._check_assignments_ran(node, interleaver._users[node.index], interleaver.done)
             if not assigned:
                 return None
             if geometry is None:
@@ -194,8 +194,8 @@ class Gradients:
         return hook
 
     @staticmethod
-    def _check_assignments_ran(node: Node, done: List[bool]) -> None:
-        for user in node.users:
+    def _check_assignments_ran(node: Node, users: List[Node], done: List[bool]) -> None:
+        for user in users:
             if user.op == "set_grad" and user.args[0] is node and not done[user.index]:
                 late = [d.describe() for d in user.deps if not done[d.index]]
                 raise OutOfOrderEditError(

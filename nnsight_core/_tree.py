@@ -102,7 +102,20 @@ def clone(value: Any) -> Any:
     """Copy every tensor in ``value`` so in-place edits cannot reach parameters or autograd's saved tensors."""
     if isinstance(value, torch.Tensor):
         return value.clone()
+    kind = type(value)
+    if kind is tuple or kind is list:  # the usual module outputs, without a walk through torch's pytree
+        copied = []
+        for item in value:
+            if isinstance(item, torch.Tensor):
+                item = item.clone()
+            elif item is not None and type(item) not in _SCALARS:
+                item = clone(item)
+            copied.append(item)
+        return copied if kind is list else tuple(copied)
     return tree_map(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, value)
+
+
+_SCALARS = frozenset({int, float, bool, str, bytes, complex})
 
 
 def write_back(full: Any, replaced: Dict[int, Any], narrowed: Dict[int, Any], table: RowTable,

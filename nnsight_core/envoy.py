@@ -160,12 +160,12 @@ class Envoy:
 
     # -- module values inside a trace -------------------------------------------
 
-    def _value(self, kind: str, invoker: Optional[Invoker] = None) -> Proxy:
+    def _value(self, kind: str = "output", invoker: Optional[Invoker] = None) -> Proxy:
         """The proxy of this module's ``kind`` value (``output``/``inputs``) at its current call.
 
-        The hot path of recording: the ``output`` and ``inputs`` properties are this
-        function (through a ``partial``), so reading ``envoy.output`` is one Python call
-        plus the node and proxy it records.
+        The hot path of recording: the ``output`` property is this function (``kind``'s
+        default), ``inputs`` is it through a ``partial``, so reading ``envoy.output`` is one
+        Python call plus the node and proxy it records.
         """
         if invoker is None:
             runners = _state.local.runners
@@ -185,19 +185,18 @@ class Envoy:
         if proxy is None:
             # The user's line, without a call when the frames above are known already (usually).
             frame, internal = sys._getframe(1), _state._internal_code
-            while frame is not None and internal.get(frame.f_code):
+            known = internal.get(frame.f_code)
+            while known:
                 frame = frame.f_back
-            if frame is not None and internal.get(frame.f_code) is False:
-                where = (frame.f_code.co_filename, frame.f_lineno)
-            else:
-                where = _state.user_location()
+                known = None if frame is None else internal.get(frame.f_code)
+            where = (frame.f_code.co_filename, frame.f_lineno) if known is False else _state.user_location()
             runner = invoker._runner
             state = runner.trace_state
-            node = state.graph.create_node(kind, (path, call), invoke=invoker.index, where=where)
+            node = state.graph.create_module_value(key, invoker.index, where)
             proxy = invoker._current[key] = runner._model.proxy_class(node, state)
         return proxy
 
-    output = property(partial(_value, kind="output"),
+    output = property(_value,
                       doc="The module's output at its current call (readable, assignable, editable in place).")
 
     @output.setter

@@ -18,6 +18,7 @@ Higher layers add ways to write a graph through ``Graph.extensions``
 from __future__ import annotations
 
 import linecache
+import weakref
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Set, Tuple
 
 from ._tree import map_structure
@@ -164,8 +165,14 @@ def display_path(path: str) -> str:
 class Node:
     """One operation of the intervention program (structure only: no run state).
 
+    A node refers to earlier nodes only (its arguments, its condition) and to its graph
+    weakly, and its graph keeps the ``users`` lists: so a graph is free of reference
+    cycles (without iterations) and is freed as soon as nothing uses it, without waiting
+    for Python's cycle collector, which would otherwise run every trace or two and walk
+    every node of every graph.
+
     Attributes:
-        graph: The graph that owns the node.
+        graph: The graph that owns the node (None once that graph is gone).
         index: Position in ``graph.nodes``; execution of simultaneously ready
             nodes follows it, i.e. the order the user wrote them.
         op: Operation name, a key of :data:`OPS`.
@@ -174,7 +181,8 @@ class Node:
             dicts and slices.
         kwargs: Keyword arguments, likewise.
         deps: The distinct nodes ``args``/``kwargs`` refer to.
-        users: Nodes that take this node as an argument.
+        users: Nodes of the graph that take this node as an argument (kept by the graph,
+            in its ``users``; an execution's copies of iteration templates have none here).
         invoke: Index of the invoke that recorded the node, or None.
         saved: Whether the value outlives the trace.
         where: ``(filename, line)`` of the user's code that recorded it.
@@ -185,21 +193,20 @@ class Node:
     """
 
     __slots__ = (
-        "graph", "index", "op", "target", "args", "kwargs", "deps", "users", "invoke",
+        "_graph", "index", "op", "target", "args", "kwargs", "deps", "invoke",
         "saved", "where", "mutated", "iteration", "cond", "_flat",
     )
 
     def __init__(self, graph: Graph, index: int, op: str, target: Any, args: tuple,
                  kwargs: dict, deps: tuple, invoke: Optional[int], where: Optional[Tuple[str, int]],
                  flat: bool) -> None:
-        self.graph = graph
+        self._graph = graph._ref  # a weak reference: see the class docstring
         self.index = index
         self.op = op
         self.target = target
         self.args = args
         self.kwargs = kwargs
         self.deps = deps
-        self.users: List[Node] = []
         self.invoke = invoke
         self.saved = op == "save"
         self.where = where
@@ -208,6 +215,19 @@ class Node:
         self.cond: Optional[Node] = None
         # True when no argument nests a node inside a container (the fast path of execution).
         self._flat = flat
+
+    @property
+    def graph(self) -> Optional[Graph]:
+        """The graph that owns the node (None once nothing uses that graph any more)."""
+        return self._graph()
+
+    @property
+    def users(self) -> List[Node]:
+        """The nodes of the graph that take this node as an argument, in recording order."""
+        graph = self._graph()
+        if graph is None or self.index >= len(graph.users) or graph.nodes[self.index] is not self:
+            return []  # a copy an execution made of an iteration template, or a node of a gone graph
+        return graph.users[self.index]
 
     @property
     def name(self) -> str:
@@ -264,6 +284,7 @@ class Graph:
 
     Attributes:
         nodes: All nodes in recording order.
+        users: Per node (by index), the nodes that take it as an argument (``node.users``).
         rows: ``(start, stop)`` batch rows each invoke had when it was recorded (their
             number is the graph's number of invokes; an execution takes its rows from
             the inputs it is given).
@@ -274,6 +295,11 @@ class Graph:
             that did not run (``tracer.cache()``).
         guarded: Whether any node is conditional (execution then checks conditions).
         gradients: The ``grad`` nodes, in recording order.
+        starts: The nodes an execution can run at once: no node arguments, no module value.
+        saves: The ``save`` nodes, in recording order.
+        assignments: The nodes that replace a value or edit one in place (``set_output``,
+            ``set_inputs``, ``set_input``, ``skip``, ``setitem``, in-place method calls), in
+            recording order.
         requirements: Invoke index to facts about its inputs that recorded values depend
             on, ``{name: value}`` (e.g. ``{"tokens": 7}`` when ``.t[0]`` became a position
             counted from the end of 7 tokens); see :meth:`require`.
@@ -287,6 +313,8 @@ class Graph:
 
     def __init__(self) -> None:
         self.nodes: List[Node] = []
+        self.users: List[List[Node]] = []
+        self._ref = weakref.ref(self)  # what each node keeps of its graph (Node.graph)
         self.rows: List[Tuple[int, int]] = []
         self.fed: Dict[Tuple[str, str, int], List[Node]] = {}
         self.edits: Dict[Tuple[str, str, int], List[Node]] = {}
@@ -295,6 +323,10 @@ class Graph:
         self.guarded = False
         self.gradients: List[Node] = []
         self.requirements: Dict[int, Dict[str, Any]] = {}
+        # Indexes that executions and checks read instead of walking every node of every trace.
+        self.starts: List[Node] = []
+        self.saves: List[Node] = []
+        self.assignments: List[Node] = []
 
     def create_node(self, op: str, target: Any, args: tuple = (), kwargs: Optional[dict] = None,
                     invoke: Optional[int] = None, where: Optional[Tuple[str, int]] = None,
@@ -336,14 +368,13 @@ class Graph:
             deps[cond.index] = cond
             self.guarded = True
         node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
-        node.graph = self
+        node._graph = self._ref
         node.index = len(self.nodes)
         node.op = op
         node.target = target
         node.args = args
         node.kwargs = kwargs
         node.deps = deps = tuple(deps.values())
-        node.users = []
         node.invoke = invoke
         node.saved = op == "save"
         node.where = where
@@ -351,9 +382,18 @@ class Graph:
         node.iteration = None
         node.cond = cond
         node._flat = flat
+        users = self.users
         for dep in deps:
-            dep.users.append(node)
+            users[dep.index].append(node)
+        users.append([])
         self.nodes.append(node)
+        if not deps and op not in FED_OPS:
+            self.starts.append(node)
+        if op in _INDEXED_OPS:
+            if op == "save":
+                self.saves.append(node)
+            elif op != "call_method" or _is_inplace(target):
+                self.assignments.append(node)
         if self.iterations and _template_of(node) is not None:
             return node  # each execution registers its copies for their call (see register)
         if op in MODULE_VALUE_OPS:
@@ -368,6 +408,72 @@ class Graph:
             register(node, self.fed, self.edits)
             if op == "grad":
                 self.gradients.append(node)
+        return node
+
+    def create_module_value(self, key: Tuple[str, str, Any], invoke: Optional[int],
+                            where: Optional[Tuple[str, int]]) -> Node:
+        """Append the ``output`` or ``inputs`` node ``key`` = ``(op, module path, call)`` (the call an
+        index or an :class:`Iteration`): what ``create_node(op, (path, call), invoke=...,
+        where=...)`` does, for the commonest node of all (every ``envoy.output``), with nothing
+        to inspect; ``key`` becomes the node's key in ``fed``."""
+        op, path, call = key
+        node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
+        node._graph = self._ref
+        node.index = len(self.nodes)
+        node.op = op
+        node.target = (path, call)
+        node.args = ()
+        node.kwargs = {}
+        node.deps = ()
+        node.invoke = invoke
+        node.saved = False
+        node.where = where
+        node.mutated = False
+        node.iteration = None
+        node.cond = None
+        node._flat = True
+        self.users.append([])
+        self.nodes.append(node)
+        if type(call) is Iteration:
+            _template_of(node)  # each execution registers its copies for their call
+            return node
+        nodes = self.fed.get(key)  # EVENT_KIND of a fed op is the op itself
+        if nodes is None:
+            self.fed[key] = [node]
+        else:
+            nodes.append(node)
+        return node
+
+    def create_save(self, value: Node, invoke: Optional[int], cond: Optional[Node] = None) -> Node:
+        """Append a ``save`` of ``value`` (recorded at ``value``'s line: saving cannot fail): what
+        ``create_node("save", None, (value,), ...)`` does, for the second commonest node."""
+        node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
+        node._graph = self._ref
+        node.index = len(self.nodes)
+        node.op = "save"
+        node.target = None
+        node.args = deps = (value,)
+        node.kwargs = {}
+        if cond is not None:
+            self.guarded = True
+            if cond is not value:
+                deps = (value, cond)
+        node.deps = deps
+        node.invoke = invoke
+        node.saved = True
+        node.where = value.where
+        node.mutated = False
+        node.iteration = None
+        node.cond = cond
+        node._flat = True
+        users = self.users
+        for dep in deps:
+            users[dep.index].append(node)
+        users.append([])
+        self.nodes.append(node)
+        self.saves.append(node)
+        if self.iterations:
+            _template_of(node)
         return node
 
     def require(self, invoke: int, name: str, value: Any) -> None:
@@ -390,10 +496,11 @@ class Graph:
     def rewrite_as_method_call(self, node: Node, args: tuple, kwargs: dict, cond: Optional[Node] = None) -> Node:
         """Turn an unused ``getattr`` node into a ``call_method`` of that attribute."""
         obj = node.args[0]
-        if self.nodes and self.nodes[-1] is node and not node.users:
+        if self.nodes and self.nodes[-1] is node and not self.users[node.index]:
             self.nodes.pop()
+            self.users.pop()
             for dep in node.deps:
-                dep.users.remove(node)
+                self.users[dep.index].remove(node)
         return self.create_node("call_method", node.target, (obj,) + tuple(args), kwargs,
                                 invoke=node.invoke, where=node.where, cond=cond)
 
@@ -493,14 +600,13 @@ def copy_node(template: Node, index: int, target: Any, args: tuple, kwargs: dict
     ``users``, nor registered (an execution copying iteration templates does what fits).
     One call per copy, as it is made for every call of an iteration's modules."""
     node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
-    node.graph = template.graph
+    node._graph = template._graph
     node.index = index
     node.op = template.op
     node.target = target
     node.args = args
     node.kwargs = kwargs
     node.deps = deps
-    node.users = []
     node.invoke = template.invoke
     node.saved = template.saved
     node.where = template.where
@@ -552,6 +658,8 @@ SCALAR_TYPES = frozenset({int, float, bool, str, type(None), type(Ellipsis)})
 INDEX_TYPES = SCALAR_TYPES | {slice}
 # Ops other than module values that register() may file under a hook event.
 _REGISTERED_OPS = frozenset({"setitem", "call_method", "grad"})
+# Ops that Graph.saves or Graph.assignments may hold.
+_INDEXED_OPS = frozenset({"save", "set_output", "set_inputs", "set_input", "skip", "setitem", "call_method"})
 _new_node = object.__new__
 
 

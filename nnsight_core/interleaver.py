@@ -52,7 +52,8 @@ _UNCHANGED = object()
 _KEEP = 1 << 40
 
 _deps = _operator.attrgetter("deps")
-_users_of = _operator.attrgetter("users")
+# Which events of a module a hook handles.
+_INPUTS, _OUTPUT = 1, 2
 _get_ident = threading.get_ident
 # Operations simple enough for `_run` to compute in place, when a subclass leaves their
 # methods as they are: saving every module output then costs no call per node.
@@ -183,7 +184,7 @@ class Interleaver:
         self.done: List[bool] = [False] * len(nodes)
         self.skipped: set = set()
         # map() rather than comprehensions: this runs for every trace, and is the hot path.
-        self._users: List[List[Node]] = list(map(_users_of, nodes))
+        self._users: List[List[Node]] = list(graph.users)  # copied on write by iteration copies
         self._pending: List[int] = list(map(len, map(_deps, nodes)))
         self._uses: List[int] = list(map(len, self._users))
         self._fed = graph.fed
@@ -205,6 +206,9 @@ class Interleaver:
                        else batch.table())
         self._whole = self._table is None
         self._guarded = graph.guarded
+        # Whether hook events may take the short way (see _event): a subclass that overrides
+        # feed(), drain() or save() sees every node go through them.
+        self._plain = self._whole and not graph.guarded and not self._feeds and "save" in self._inline
         # Iterations: (event kind, module path) -> the iterations whose templates that event
         # starts copying, and per iteration the copies made for each call.
         self._iterating: Dict[Tuple[str, str], List[Iteration]] = {}
@@ -236,45 +240,56 @@ class Interleaver:
         graph = self.graph
         if graph.iterations:
             self._ready = self._start()
-        else:  # what _start() does without iterations, in a loop rather than a comprehension
+        else:  # what _start() does without iterations: the graph keeps these nodes (in order: a heap)
             self._ready = ready = []
-            for node in self.nodes:
-                if not node.deps and node.op not in FED_OPS:
-                    ready.append(node.index)
+            for node in graph.starts:
+                ready.append(node.index)
         try:
-            # Module path -> [hook its inputs, hook its output]; a plain loop, as this runs per trace.
-            wanted: Dict[str, List[bool]] = {}
+            # Module path -> which events to hook (_INPUTS | _OUTPUT); plain loops: this runs per trace.
+            wanted: Dict[str, int] = {}
             for keys in (graph.fed, graph.edits):
                 for kind, path, _ in keys:
-                    flags = wanted.get(path)
-                    if flags is None:
-                        flags = wanted[path] = [False, False]
-                    flags[kind == "output"] = True
+                    wanted[path] = wanted.get(path, 0) | (_OUTPUT if kind == "output" else _INPUTS)
             if graph.iterations:
                 for kind, path in graph.modules():
-                    wanted.setdefault(path, [False, False])[kind == "output"] = True
+                    wanted[path] = wanted.get(path, 0) | (_OUTPUT if kind == "output" else _INPUTS)
             skipping = self._skipping
-            for node in graph.nodes:  # a loop, not a comprehension: no call per trace
+            for node in graph.assignments:  # a loop, not a comprehension: no call per trace
                 if node.op == "skip":
                     skipping.add(node.target[0])
             # Paths inside forwards (.source call sites) first: the modules' own hooks then wrap
             # what their installers put in place.
-            for part, install in self.inside.items():
-                marker = f".{part}."
-                inside = {path: {kind for kind, on in zip(("inputs", "output"), wanted.pop(path)) if on}
-                          for path in list(wanted) if marker in f".{path}."}
-                if inside:
-                    install(self, inside)
-            hooked, restore = self._hooked, self._restore
-            for path, (inputs, output) in wanted.items():  # what wrap() does, without a call per module
-                module = module_at(self.root, self.attached, path) or self.module(path)
+            if self.inside:
+                every = f".{'..'.join(wanted)}."  # one test per part, not one per path, when none is inside
+                for part, install in self.inside.items():
+                    marker = f".{part}."
+                    if marker not in every:
+                        continue
+                    inside: Dict[str, Set[str]] = {}
+                    for path in list(wanted):
+                        if marker in f".{path}.":
+                            events = wanted.pop(path)
+                            inside[path] = {kind for kind, bit in (("inputs", _INPUTS), ("output", _OUTPUT))
+                                            if events & bit}
+                    if inside:
+                        install(self, inside)
+            hooked, restore, root = self._hooked, self._restore, self.root
+            for path, events in wanted.items():  # what wrap() does, without a call per module
+                module = root
+                if path:
+                    for part in path.split("."):  # what module_at() does, without its call
+                        module = module._modules.get(part)
+                        if module is None:  # attached beside the model, or an error naming the path
+                            module = self.module(path)
+                            break
                 if path in skipping:
                     self.replace_forward(module, self.skippable(path, module.forward))
                 forward = module.forward
-                hook = partial(hooked, forward, path, inputs, output)
+                hook = partial(hooked, forward, path, events & _INPUTS, events & _OUTPUT)
                 hook.__wrapped__ = forward
-                restore.append((module, module.__dict__.get("forward")))
-                module.__dict__["forward"] = hook
+                attributes = module.__dict__
+                restore.append((module, attributes.get("forward")))
+                attributes["forward"] = hook
             if self._ready:
                 self.drain()
         except BaseException:
@@ -295,10 +310,10 @@ class Interleaver:
         """
         nodes = self.nodes
         if self.graph.iterations:
-            uses = self._uses
+            uses, users = self._uses, self._users
             for node in nodes:
                 # A value that templates use must outlive all their copies: never free it early.
-                if any(user.iteration is not None for user in node.users):
+                if any(user.iteration is not None for user in users[node.index]):
                     uses[node.index] = _KEEP
             return [node.index for node in nodes
                     if not node.deps and node.op not in FED_OPS and node.iteration is None]
@@ -308,8 +323,9 @@ class Interleaver:
         """Restore every hooked module's ``forward`` and remove gradient hooks (idempotent)."""
         if self._grads is not None:
             self._grads.remove_hooks()
-        while self._restore:
-            module, previous = self._restore.pop()
+        restore = self._restore
+        while restore:
+            module, previous = restore.pop()
             if previous is None:
                 module.__dict__.pop("forward", None)
             else:
@@ -404,14 +420,50 @@ class Interleaver:
         return write_back(result, replaced, narrowed, self._table, f"{display_path(path)}.skip() (call {call})")
 
     def _event(self, kind: str, path: str, value: Any) -> Any:
-        calls = self._calls
-        call = calls.get((kind, path), 0)
-        calls[(kind, path)] = call + 1
+        calls, pair = self._calls, (kind, path)
+        call = calls.get(pair, 0)
+        calls[pair] = call + 1
         key = (kind, path, call)
         if self._iterating:
             self._copy_templates(kind, path, call)
         fed = self._fed.get(key)
         edits = self._edits.get(key)
+        if edits is None and self._plain:
+            # The common case: one invoke owns the batch, nothing edits this value and nothing
+            # is conditional, so no rows to narrow or write back and no event to open for edits.
+            if fed is None:
+                return _UNCHANGED
+            values, done, users, pending, ready = self.values, self.done, self._users, self._pending, self._ready
+            uses, new = self._uses, _UNCHANGED
+            for node in fed:
+                index = node.index
+                rows = value
+                if node.mutated:  # a gradient reaches it: the invoke's own copy goes on
+                    rows = new = value.clone() if isinstance(value, torch.Tensor) else clone(value)
+                done[index] = True
+                values[index] = rows
+                for user in users[index]:
+                    later = user.index
+                    waiting = pending[later] - 1
+                    pending[later] = waiting
+                    if not waiting:
+                        if user.op == "save":  # what _run() does for a save of this value, in place
+                            left = uses[index] - 1
+                            uses[index] = left
+                            if not left and not node.saved and not self.keep:
+                                values[index] = EMPTY
+                            done[later] = True
+                            values[later] = rows
+                            for after in users[later]:
+                                pending[after.index] -= 1
+                                if pending[after.index] == 0:
+                                    heappush(ready, after.index)
+                        else:
+                            heappush(ready, later)
+            nodes = self.nodes
+            while ready:
+                self._run(nodes[heappop(ready)])
+            return new
         if fed is None and edits is None:
             return _UNCHANGED
         narrowed: Dict[Any, Any] = {}  # invoke -> the rows it was given
@@ -500,7 +552,7 @@ class Interleaver:
 
         # Runs for every call of the iteration's modules (every generation step): loops, not
         # comprehensions or helpers, so that a template costs one call (copy_node).
-        nodes, all_users, recorded = self.nodes, self._users, len(self.graph.nodes)
+        nodes, all_users, recorded, graph_users = self.nodes, self._users, len(self.graph.nodes), self.graph.users
         fed, edits = self._fed, self._edits
         created = []
         for template in iteration.nodes:
@@ -526,7 +578,7 @@ class Interleaver:
             for dep in deps:
                 if dep.index < recorded:
                     users = all_users[dep.index]
-                    if users is dep.users:  # copy on write: the graph's list stays as recorded
+                    if users is graph_users[dep.index]:  # copy on write: the graph's list stays as recorded
                         users = all_users[dep.index] = list(users)
                     users.append(node)
                 else:
@@ -707,8 +759,8 @@ class Interleaver:
         copies' values, one per call, in call order."""
         values, keep = self.values, self.keep
         results = {}
-        for node in self.graph.nodes:  # a loop, not comprehensions: this runs for every trace
-            if (keep or node.saved) and node.iteration is None:
+        for node in self.graph.nodes if keep else self.graph.saves:  # loops: this runs for every trace
+            if node.iteration is None:
                 value = values[node.index]
                 if value is not EMPTY:
                     results[node.index] = value
@@ -726,6 +778,10 @@ class Interleaver:
             MissedCallError: Naming the module, the call and how often it ran.
         """
         optional, done = self.graph.optional, self.done
+        if False not in done:  # every node ran (the common case, found without a Python loop)
+            if self._grads is not None:
+                self._grads.check_complete()
+            return
         for (kind, path, call), nodes in self.graph.fed.items():
             for node in nodes:
                 if not done[node.index] and node.index not in optional:

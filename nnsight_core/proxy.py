@@ -149,8 +149,7 @@ class Proxy:
             )
         conds = state.conds
         # Saving never fails at run time, so it reuses the location of what it saves.
-        return type(self)(node.graph.create_node("save", None, (node,), invoke=state.invoke, where=node.where,
-                                                 cond=conds[-1] if conds else None), state)
+        return type(self)(state.graph.create_save(node, state.invoke, conds[-1] if conds else None), state)
 
     @property
     def value(self) -> Any:
@@ -410,7 +409,7 @@ def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
                     continue
             value = map_structure(value, lambda v: _as_arg(v, graph))
         elif isinstance(value, Proxy):
-            value = value.node if value.node.graph is graph else _as_arg(value, graph)
+            value = value.node if value._trace.graph is graph else _as_arg(value, graph)
         converted.append(value)
     if kwargs:
         kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
@@ -432,7 +431,7 @@ def _as_arg(value: Any, graph: Graph) -> Any:
     if not isinstance(value, Proxy):
         return value
     node = value.node
-    if node.graph is graph:
+    if value._trace.graph is graph:  # the proxy's trace records into `graph` (what node.graph is)
         return node
     trace = value._trace
     found = trace.values.get(node.index, EMPTY)

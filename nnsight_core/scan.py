@@ -41,7 +41,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ._tree import tree_map
 from .errors import InterventionError, NNsightError, ScanError
-from .graph import EMPTY, Graph, Node
+from .graph import EMPTY, SCALAR_TYPES, Graph, Node
 from .interleaver import Batch, Interleaver, StopExecution
 
 if TYPE_CHECKING:
@@ -200,12 +200,11 @@ def validate(runner: Runner, batched: Any, batch: Batch) -> None:
     runner.__dict__["_scan_state"] = None  # not through Runner.__setattr__: a call less per trace
     invokes = len(runner.invokers)
     # Replayed persistent edits are not checked here (every later trace would pay a scan for
-    # them); the real run's assignment checks still catch a misfit. A plain loop that calls
-    # nothing for nodes that assign nothing: this runs for every trace.
+    # them); the real run's assignment checks still catch a misfit. A plain loop over the
+    # graph's assignments only: this runs for every trace.
     targets = []
-    for node in runner._graph.nodes:
-        op = node.op
-        if (op in _ASSIGNMENTS or op == "call_method") and _assigns_constant(node) \
+    for node in runner._graph.assignments:
+        if _assigns_constant(node) \
                 and node.index not in runner._replayed \
                 and not (scan is not None and scan.covers(node, invokes) and node.index in scan.values):
             targets.append(node)
@@ -522,6 +521,8 @@ def _assigns_constant(node: Node) -> bool:
         while stack:
             item = stack.pop()
             kind = type(item)
+            if kind in SCALAR_TYPES or kind is Node:  # indices, numbers, graph values: no constant tensor
+                continue
             if kind is tuple or kind is list:
                 stack.extend(item)
             elif kind is dict:

@@ -275,6 +275,8 @@ class Runner:
             runners.remove(self)
         if exc_type is not None:
             self.__dict__["_scan_state"] = None
+            for invoker in self.invokers:  # see below
+                invoker._runner = None
             return
         try:
             if not self.invokers:
@@ -295,6 +297,11 @@ class Runner:
                     session is not None, self._finish)
         finally:
             self.__dict__["_scan_state"] = None
+            # The invokes' references back to this Runner are dropped once it stopped recording:
+            # without that cycle a trace nobody keeps is freed at once, with its saved values,
+            # rather than when Python's cycle collector next runs.
+            for invoker in self.invokers:
+                invoker._runner = None
 
     def _finish(self, interleaver: Interleaver) -> None:
         """Take what the execution left (also after an error): its results, and what ran."""

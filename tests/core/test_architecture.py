@@ -213,15 +213,18 @@ def test_interleaver_docstring_example_runs_a_graph_twice():
 
 
 def test_the_fast_node_constructors_set_every_slot_as_node_init_does():
-    """Graph.create_node and copy_node fill a Node's slots directly (one call per node on the hot
-    path); a slot added to Node.__init__ but not to them would be missing on recorded nodes."""
+    """Graph.create_node, create_module_value, create_save and copy_node fill a Node's slots
+    directly (one call per node on the hot path); a slot added to Node.__init__ but not to them
+    would be missing on recorded nodes."""
     graph = Graph()
     first = graph.create_node("output", ("layer1", 0), invoke=0, where=("f.py", 1))
     recorded = graph.create_node("getitem", None, (first, (slice(None), 0)), invoke=0)
     reference = make_node(graph, 1, "getitem", None, (first, (slice(None), 0)), {}, 0, None, None)
     copy = copy_node(recorded, 7, None, recorded.args, recorded.kwargs, recorded.deps, None)
+    value = graph.create_module_value(("output", "layer2", 0), 0, ("f.py", 2))
+    saved = graph.create_save(value, 0)
     for slot in Node.__slots__:
-        for node in (recorded, copy):
+        for node in (recorded, copy, value, saved):
             assert hasattr(node, slot), f"{slot} is not set by the fast constructor"
         if slot not in ("graph", "users", "index"):
             assert getattr(recorded, slot) == getattr(reference, slot), slot

@@ -24,8 +24,14 @@ from tests.helpers import Shared, make_net
 #: Python calls an empty trace may add to the raw forward pass.
 EMPTY_TRACE = 25
 #: Python calls each additional intervention (a module value's .save(), an in-place edit,
-#: a .next() step with its save) may add.
+#: a .next() step with its save) may add: the target, what a raw hook costs.
 PER_INTERVENTION = 12
+#: What each costs now (pinned below the target; raise only with a reason in the commit):
+#: a save records two nodes and two proxies (4 calls + the property and .save()) and runs in
+#: the hook's short event path (2 calls); an edit also runs its setitem node and copies the rows.
+PER_SAVE = 8
+PER_EDIT = 11
+PER_NEXT_SAVE = 7
 #: What one raw forward hook storing a module output costs (register, call, remove), for reference.
 RAW_HOOK = 11
 
@@ -88,9 +94,9 @@ def test_each_additional_save_costs_at_most_a_raw_hook():
         counts = [call_counts(_trace(model, x, saves(n))) for n in range(1, 5)]
     steps = _per_extra(counts)
     for step in steps:
-        assert step.python <= PER_INTERVENTION, (
+        assert step.python <= PER_SAVE <= PER_INTERVENTION, (
             f"one more `.output.save()` now costs {step.python} Python calls (bound "
-            f"{PER_INTERVENTION}, a raw hook costs {RAW_HOOK}): the per-intervention hot path grew.")
+            f"{PER_SAVE}, a raw hook costs {RAW_HOOK}): the per-intervention hot path grew.")
 
 
 def test_each_additional_in_place_edit_costs_at_most_a_raw_hook():
@@ -106,9 +112,9 @@ def test_each_additional_in_place_edit_costs_at_most_a_raw_hook():
         counts = [call_counts(_trace(model, x, edits(n))) for n in range(1, 5)]
     steps = _per_extra(counts)
     for step in steps:
-        assert step.python <= PER_INTERVENTION, (
+        assert step.python <= PER_EDIT <= PER_INTERVENTION, (
             f"one more in-place edit (`.output[:, 0] = 0`) now costs {step.python} Python calls "
-            f"(bound {PER_INTERVENTION}): the per-intervention hot path grew.")
+            f"(bound {PER_EDIT}): the per-intervention hot path grew.")
 
 
 def test_each_next_step_costs_at_most_a_raw_hook():
@@ -139,6 +145,6 @@ def test_each_next_step_costs_at_most_a_raw_hook():
         counts = [call_counts(_trace(model, x, steps(n))) for n in range(1, 5)]
     per_step = _per_extra(counts)
     for step in per_step:
-        assert step.python <= PER_INTERVENTION, (
+        assert step.python <= PER_NEXT_SAVE <= PER_INTERVENTION, (
             f"one more `.next().output.save()` step now costs {step.python} Python calls "
-            f"(bound {PER_INTERVENTION}): the per-call hot path grew.")
+            f"(bound {PER_NEXT_SAVE}): the per-call hot path grew.")

@@ -19,8 +19,12 @@ import torch
 from nnsight_core.testing import CallCounts, call_counts
 from tests.helpers import LONG
 
-#: Python calls each generation step of a trace may add to a step of raw ``generate``.
+#: Python calls each generation step of a trace may add to a step of raw ``generate``: the target.
 PER_STEP = 12
+#: What each costs now (pinned below the target; raise only with a reason in the commit).
+SAVE_PER_STEP = 6
+EDIT_PER_STEP = 8
+NEXT_PER_STEP = 9
 #: What an empty trace adds per step: nothing (no module is hooked).
 EMPTY_PER_STEP = 0
 
@@ -71,9 +75,9 @@ def test_an_all_save_costs_at_most_a_raw_hook_per_step(model):
         model.lm_head.all().output.save()
 
     extra = _per_step(_traced(model, body)) - _raw_step(model)
-    assert extra.python <= PER_STEP, (
+    assert extra.python <= SAVE_PER_STEP <= PER_STEP, (
         f"`.all().output.save()` now costs {extra.python} Python calls per generation step (bound "
-        f"{PER_STEP}): copying iteration templates per step got dearer.")
+        f"{SAVE_PER_STEP}): copying iteration templates per step got dearer.")
 
 
 def test_an_iter_edit_costs_at_most_a_raw_hook_per_step(model):
@@ -82,9 +86,9 @@ def test_an_iter_edit_costs_at_most_a_raw_hook_per_step(model):
             model.model.layers[0].output[:, -1] = 0
 
     extra = _per_step(_traced(model, body)) - _raw_step(model)
-    assert extra.python <= PER_STEP, (
+    assert extra.python <= EDIT_PER_STEP <= PER_STEP, (
         f"an in-place edit in `tracer.iter[:]` now costs {extra.python} Python calls per generation "
-        f"step (bound {PER_STEP}).")
+        f"step (bound {EDIT_PER_STEP}).")
 
 
 def test_a_next_step_costs_at_most_a_raw_hook(model):
@@ -95,6 +99,6 @@ def test_a_next_step_costs_at_most_a_raw_hook(model):
             head.next().output.save()
 
     extra = _per_step(_traced(model, body)) - _raw_step(model)
-    assert extra.python <= PER_STEP, (
+    assert extra.python <= NEXT_PER_STEP <= PER_STEP, (
         f"one `.next().output.save()` per generation step now costs {extra.python} Python calls "
-        f"(bound {PER_STEP}).")
+        f"(bound {NEXT_PER_STEP}).")
