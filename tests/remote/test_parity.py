@@ -193,6 +193,59 @@ def test_remote_true_reads_the_environment(server, monkeypatch):
     assert not model.dispatched
 
 
+# -- inside forwards, skipping, names ------------------------------------------------------------
+
+
+def llama_source(model, backend):
+    with model.trace(MID, backend=backend):
+        attn = model.model.layers[0].self_attn
+        query = attn.source.q_proj_0.output.save()
+        rotated = attn.source.apply_rotary_pos_emb_0.output[0].save()
+        attn.source.o_proj_0.input = attn.source.o_proj_0.input * 0.5      # an edit inside the forward
+        scores = attn.source.attention_interface_0.source.scaled_dot_product_attention_0.output.save()
+        logits = model.lm_head.output.save()
+    return query.value, rotated.value, scores.value, logits.value
+
+
+def llama_skip(model, backend):
+    with model.trace(backend=backend) as tracer:
+        with tracer.invoke(LONG):
+            model.model.layers[1].skip(model.model.layers[0].output)
+            skipped = model.lm_head.output.t[-1].save()
+        with tracer.invoke(SHORT):                                         # runs layer 1
+            ran = model.lm_head.output.t[-1].save()
+    return skipped.value, ran.value
+
+
+def llama_standard_names(model, backend):
+    with model.trace(MID, backend=backend):
+        attn = model.layers[0].attn.output[0].save()
+        model.layers[1].mlp.output[:] = 0
+        final = model.ln_final.output.save()
+        logits = model.lm_head.output.save()
+    return attn.value, final.value, logits.value
+
+
+@pytest.mark.parametrize("case", [llama_source, llama_skip, llama_standard_names])
+def test_source_skip_and_names_parity(server, case):
+    local, remote, client = both(lambda: LanguageModel(server.llama), case, server.backend(server.llama))
+    assert_same(local, remote)
+    assert not client.dispatched
+
+
+def test_a_rename_alias_travels_as_the_real_path(server):
+    def case(model, backend):
+        with model.trace(torch.ones(2, 5), backend=backend) as tracer:
+            model.first.output[:, 0] = 1
+            out = model.output.save()
+        return out.value, [node.target for node in tracer.graph.nodes if node.op in ("output", "set_output")]
+
+    (local, local_paths), (remote, remote_paths), _ = both(lambda: NNsight(mlp(), rename={"layer1": "first"}),
+                                                           case, server.backend("mlp"))
+    assert_same(local, remote)
+    assert ("layer1", 0) in remote_paths and not any("first" in path for path, _ in remote_paths)
+
+
 # -- DiffusionModel -----------------------------------------------------------------------------
 
 

@@ -329,6 +329,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     serve_.add_argument("--max-new-tokens", type=int, default=ServerLimits.max_new_tokens)
     serve_.add_argument("--max-seconds", type=float, default=ServerLimits.max_seconds)
     serve_.add_argument("--max-concurrent-per-key", type=int, default=ServerLimits.max_concurrent_per_key)
+    serve_.add_argument("--max-source-depth", type=int, default=ServerLimits.max_source_depth,
+                        help="how deep a graph may look inside forwards (.source): 1 a module's own "
+                             "forward, 2 also the functions it calls, 0 not at all")
     serve_.add_argument("--allow-kwarg", action="append", default=[], metavar="NAME",
                         help="also pass this keyword argument to the model")
     keygen = commands.add_parser("keygen", help="make an API key and add its hash to a key file")
@@ -350,6 +353,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     limits = ServerLimits(max_body_bytes=args.max_body_bytes, max_nodes=args.max_nodes,
                           max_saved_bytes=args.max_saved_bytes, max_new_tokens=args.max_new_tokens,
                           max_seconds=args.max_seconds, max_concurrent_per_key=args.max_concurrent_per_key,
+                          max_source_depth=args.max_source_depth,
                           allowed_kwargs=ServerLimits.allowed_kwargs | frozenset(args.allow_kwarg))
     keys = KeyStore.load(args.api_keys) if args.api_keys else None
     url = start(specs, port=args.port, host=args.host, keys=keys, limits=limits, replicas=args.replicas,

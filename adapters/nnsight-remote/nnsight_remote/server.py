@@ -31,12 +31,13 @@ from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import torch
 from nnsight_core import NNsightModel
-from nnsight_core.errors import (GenerationLengthError, GraphFormatError, InputError, ModelKeyError, NNsightError,
-                                 NodeLimitError, RequestSizeError, RequestTimeoutError, SavedBytesError,
-                                 VersionSkewError)
-from nnsight_core.graph import Graph
+from nnsight_core.errors import (GenerationLengthError, GraphAccessError, GraphFormatError, InputError,
+                                 ModelKeyError, NNsightError, NodeLimitError, RequestSizeError, RequestTimeoutError,
+                                 SavedBytesError, VersionSkewError)
+from nnsight_core.graph import MODULE_VALUE_OPS, Graph
 from nnsight_core.serialize import VERSION as GRAPH_SCHEMA
 from nnsight_core.serialize import GuardedInterleaver, Limits, from_dict
+from nnsight_core.source import split_path
 
 from . import __version__
 from .wire import PROTOCOL, decode_value, encode_value, pack, parse_json, unpack
@@ -88,6 +89,10 @@ class ServerLimits:
             it (:class:`~nnsight_core.errors.RequestTimeoutError`).
         max_concurrent_per_key: Requests one API key may have in flight at once
             (:class:`~nnsight_core.errors.ConcurrencyLimitError`).
+        max_source_depth: How deep a graph may look inside forwards (``.source``): 1 reaches
+            the call sites of a module's own forward, 2 also those of the plain functions
+            they call (library code beyond the model's), 0 none
+            (:class:`~nnsight_core.errors.GraphAccessError`).
         graph: The :class:`~nnsight_core.serialize.Limits` of what the graph's own nodes compute.
         allowed_kwargs: Keyword arguments a request may pass to the model's execution.
         allowed_invoker_kwargs: Keyword arguments an invoke may pass to its input preparation.
@@ -100,6 +105,7 @@ class ServerLimits:
     max_new_tokens: int = 512
     max_seconds: float = 60.0
     max_concurrent_per_key: int = 4
+    max_source_depth: int = 1
     graph: Limits = dataclasses.field(default_factory=Limits)
     allowed_kwargs: FrozenSet[str] = DEFAULT_KWARGS
     allowed_invoker_kwargs: FrozenSet[str] = DEFAULT_INVOKER_KWARGS
@@ -173,7 +179,9 @@ class ModelServer:
 
         Raises:
             RequestSizeError, VersionSkewError, GraphFormatError, NodeLimitError,
-            ModelKeyError, InputError, GenerationLengthError, EnvoyAttributeError: as named.
+            ModelKeyError, InputError, GenerationLengthError: as named; GraphAccessError: the
+            graph looks deeper inside forwards (``.source``) than ``max_source_depth``.
+            (``run`` refuses module paths and call sites the model lacks, before anything runs.)
         """
         limits = self.limits
         if len(body) > limits.max_body_bytes:
@@ -201,6 +209,7 @@ class ModelServer:
             raise NodeLimitError(f"the graph has {len(nodes)} nodes, more than this server's limit of "
                                  f"{limits.max_nodes}: split the work into several traces.")
         graph = from_dict(document)
+        self._check_sources(graph)
         invokes = header.get("invokes")
         if type(invokes) is not list or len(invokes) != len(graph.rows):
             raise GraphFormatError(f"the request has {len(invokes) if type(invokes) is list else 'no'} "
@@ -237,6 +246,19 @@ class ModelServer:
                     f"a remote generate() needs max_new_tokens=N with 1 <= N <= {limits.max_new_tokens} "
                     f"(this server's limit), got {wanted!r}: pass e.g. max_new_tokens=20.")
         return Request(graph, inputs, invoker_args, kwargs, method, keep, grad)
+
+    def _check_sources(self, graph: Graph) -> None:
+        """Call sites (``.source``) no deeper than the server allows; that they exist is checked
+        by ``run_graph`` before anything runs."""
+        depth = self.limits.max_source_depth
+        for node in graph.nodes:
+            if node.op in MODULE_VALUE_OPS and len(split_path(node.target[0])[1]) > depth:
+                raise GraphAccessError(
+                    f"{node.describe()} (node %{node.index}) looks {len(split_path(node.target[0])[1])} "
+                    f"level(s) deep inside forwards (.source), this server allows {depth}: "
+                    + ("address a call site of a module's own forward, not of the functions it calls "
+                       if depth else "this server does not look inside forwards; save module values instead ")
+                    + "(the operator can allow more with --max-source-depth).")
 
     def _check_bounds(self, kwargs: Dict[str, Any], whose: str) -> None:
         for name, bound in self.limits.kwarg_bounds.items():

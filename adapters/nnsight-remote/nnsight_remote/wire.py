@@ -42,6 +42,7 @@ import json
 import math
 import struct
 import sys
+from collections import UserDict
 from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -186,9 +187,11 @@ def encode_value(value: Any, tensors: Dict[str, torch.Tensor], lenient: bool = F
     """``value`` as JSON with tagged containers; its tensors are added to ``tensors``.
 
     Args:
-        value: Scalars, strings, tuples, lists, mappings, tensors, ``torch.Size``, dtypes,
-            devices, numpy arrays, ``torch.Generator`` s, model outputs (dataclasses) and
-            named tuples, nested.
+        value: Scalars, strings, tuples, lists, dicts (and ``UserDict`` s such as a
+            ``BatchEncoding``), tensors, ``torch.Size``, dtypes, devices, numpy arrays,
+            ``torch.Generator`` s, model outputs (dataclasses that are dicts, as
+            ``ModelOutput`` and ``BaseOutput`` are) and named tuples, nested. Other objects
+            (a config dataclass, a module, ``os.environ``) have no wire form.
         tensors: Where tensors go, keyed ``t0``, ``t1``, ... (each tensor object once).
         lenient: Write ``None`` for a part with no wire form (and note its path in
             ``dropped``) instead of raising.
@@ -236,7 +239,7 @@ class _Encoder:
                 return {"ndarray": self.tensor(torch.from_numpy(value), where)["tensor"]}
             except TypeError:
                 return self.fail(f"{where} is a numpy array of dtype {value.dtype}", where)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if dataclasses.is_dataclass(value) and isinstance(value, Mapping) and not isinstance(value, type):
             names = [f.name for f in dataclasses.fields(value)]
             fields = [[name, self.value(getattr(value, name, None), f"{where}.{name}", depth + 1)]
                       for name in names]
@@ -248,7 +251,7 @@ class _Encoder:
                                               for n, v in zip(names, value)]}}
         if kind is tuple or kind is list:
             return {kind.__name__: [self.value(v, f"{where}[{k}]", depth + 1) for k, v in enumerate(value)]}
-        if isinstance(value, Mapping):
+        if isinstance(value, (dict, UserDict)):  # not any Mapping: os.environ is one
             items = []
             for key, item in value.items():
                 if not (key is None or type(key) in (bool, int, str)):
