@@ -298,7 +298,7 @@ class _Decoder:
             raise self.fail(f"{where}.kwargs", f"expected an object (string keys), got {_kind(raw_kwargs)}")
         args = tuple(self._value(a, f"{where}.args[{k}]", 0, index) for k, a in enumerate(raw_args))
         kwargs = {k: self._value(v, f"{where}.kwargs.{k}", 0, index) for k, v in raw_kwargs.items()}
-        problem = _arguments_problem(op, target, invoke, args, kwargs, self._facts)
+        problem = _arguments_problem(op, target, invoke, args, kwargs, self._facts, _is_tensor_ref)
         if problem is not None:
             raise self.fail(where + problem[0], problem[1])
         return _NodeSpec(op, target, invoke, args, kwargs, self._template_of(op, target, args, kwargs, where))
@@ -457,6 +457,10 @@ _TAGS: Dict[str, Callable[..., Any]] = {
     "float": _Decoder._float, "dtype": _Decoder._dtype, "device": _Decoder._device,
     "size": _Decoder._size, "tensor": _Decoder._tensor_ref,
 }
+
+
+def _is_tensor_ref(value: Any) -> bool:
+    return type(value) is _Ref and value.kind == "tensor"
 
 
 def _float_element(value: Any) -> Optional[float]:

@@ -136,7 +136,7 @@ class _Encoder:
         if problem is not None:
             raise self._fail(f"invoke: {problem}")
         arguments = _arguments_problem(node.op, node.target, node.invoke, node.args, node.kwargs,
-                                       _node_facts)
+                                       _node_facts, _is_tensor)
         if arguments is not None:
             raise self._fail(arguments[1])
 
@@ -264,6 +264,10 @@ class _Encoder:
         self._tensor_index[id(tensor)] = index
         self._keep.append(tensor)
         return index
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)
 
 
 def _node_facts(value: Any) -> Optional[Tuple[str, Any, Optional[int]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nnsight_core import OutputNotReturnedError
 from nnsight_diffusers import DiffusionModel
 from nnsight_torch import NNsight
 from nnsight_transformers import LanguageModel
@@ -165,6 +166,15 @@ def test_a_model_output_comes_back_as_its_class(server):
     torch.testing.assert_close(remote.logits, local.logits)
 
 
+def test_tracer_output_after_a_remote_trace_says_to_save_model_output(server):
+    model = NNsight(mlp())
+    with model.trace(torch.ones(1, 5), backend=server.backend("mlp")) as tracer:
+        out = model.output.save()
+    with pytest.raises(OutputNotReturnedError, match=r"out = model.output.save\(\)"):
+        tracer.output
+    torch.testing.assert_close(out.value, mlp()(torch.ones(1, 5)))
+
+
 def test_remote_true_reads_the_environment(server, monkeypatch):
     monkeypatch.setenv("NNSIGHT_REMOTE_URL", server.url)
     monkeypatch.setenv("NNSIGHT_API_KEY", server.key)
@@ -175,19 +185,19 @@ def test_remote_true_reads_the_environment(server, monkeypatch):
     with local.trace(SHORT):
         expected = local.lm_head.output.save()
     torch.testing.assert_close(logits.value, expected.value)
-    # A value of an earlier trace is a constant in the later graph; the JSON schema lets
-    # constants into functions and operators (torch.select), not under indexing (hidden[:, -1]).
+    # A value of an earlier trace is a tensor constant in the later graph: indexed, called and
+    # passed to functions as a value of this trace is.
     with model.session(remote=True):                     # every trace of the block runs remotely
         with model.trace(SHORT):
             hidden = model.lm_head.input                   # (1, tokens, hidden)
         with model.trace(MID):
-            model.lm_head.input[:, -1] = torch.select(hidden, 1, -1)
+            model.lm_head.input[:, -1] = hidden[:, -1] + torch.select(hidden, 1, 0) * hidden.mean()
             patched = model.lm_head.output.save()
     with local.session():
         with local.trace(SHORT):
             hidden = local.lm_head.input
         with local.trace(MID):
-            local.lm_head.input[:, -1] = torch.select(hidden, 1, -1)
+            local.lm_head.input[:, -1] = hidden[:, -1] + torch.select(hidden, 1, 0) * hidden.mean()
             expected = local.lm_head.output.save()
     torch.testing.assert_close(patched.value, expected.value)
     assert not model.dispatched

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 import httpx
 import nnsight_core.errors as _errors
 import torch
-from nnsight_core.errors import InputError, RemoteError
+from nnsight_core.errors import InputError, OutputNotReturnedError, RemoteError
 from nnsight_core.graph import Graph, format_location
 from nnsight_core.serialize import VERSION as GRAPH_SCHEMA
 from nnsight_core.serialize import to_dict
@@ -113,9 +113,13 @@ class RemoteBackend:
             raise remote_exception(*parse_error(response.content))
         return response.json()
 
-    def __call__(self, runner: Runner, keep: bool) -> Any:
-        """Run ``runner``'s trace on the server, fill its ``trace_state``; the output is None
-        (save ``model.output`` to get it)."""
+    def __call__(self, runner: Runner, keep: bool) -> OutputNotReturnedError:
+        """Run ``runner``'s trace on the server and fill its ``trace_state``.
+
+        The server sends back saved values only, so the model's output is not returned:
+        reading ``tracer.output`` afterwards raises the
+        :class:`~nnsight_core.errors.OutputNotReturnedError` this returns (save
+        ``model.output`` inside the trace instead)."""
         key = self.model or model_key_of(runner.model_wrapper)
         body = build_request(runner, key, keep)
         values, ran, skipped, dropped = self.send(body, key, runner.graph)
@@ -125,7 +129,10 @@ class RemoteBackend:
             warnings.warn(f"the server could not send back parts of saved values that are not data "
                           f"(e.g. a KV cache object): {', '.join(dropped[:8])}{' ...' if len(dropped) > 8 else ''} "
                           "came back as None.", stacklevel=3)
-        return None
+        return OutputNotReturnedError(
+            f"tracer.output is not sent back by a remote trace (model {key!r} ran on {self.url}): the server "
+            "returns saved values only. Save the model's output inside the trace, `out = model.output.save()`, "
+            "and read out.value.")
 
     def send(self, body: bytes, key: str, graph: Optional[Graph] = None) -> Tuple[Dict[int, Any], list, frozenset, list]:
         """POST one request; its values, which nodes ran, which were skipped, what was dropped.

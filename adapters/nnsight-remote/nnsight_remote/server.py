@@ -175,13 +175,13 @@ class ModelServer:
         yield b"R", result
 
     def validate(self, body: bytes) -> Request:
-        """Check the whole request before anything runs.
+        """Check the whole request before anything runs (module paths and call sites the model
+        lacks are refused by :meth:`run`, also before anything runs).
 
         Raises:
             RequestSizeError, VersionSkewError, GraphFormatError, NodeLimitError,
-            ModelKeyError, InputError, GenerationLengthError: as named; GraphAccessError: the
-            graph looks deeper inside forwards (``.source``) than ``max_source_depth``.
-            (``run`` refuses module paths and call sites the model lacks, before anything runs.)
+            ModelKeyError, InputError, GenerationLengthError: as named.
+            GraphAccessError: A call site deeper inside forwards than ``max_source_depth``.
         """
         limits = self.limits
         if len(body) > limits.max_body_bytes:
