@@ -183,11 +183,20 @@ class GuardedInterleaver(Interleaver):
         super().__init__(graph, root, attached, batch, keep)
         self.limits = limits if limits is not None else Limits()
         self.ops = self.elements = self.work = 0
-        modules = [root, *(attached or {}).values()]
         # The storage of every parameter and buffer: a graph may read it, never write it.
-        self._protected: Set[int] = {key for module in modules
-                                     for tensor in [*module.parameters(), *module.buffers()]
-                                     if (key := _storage(tensor)) is not None}
+        # (One flat walk over the modules' own tables: `parameters()` and `buffers()` walk the
+        # tree twice through nested generators, a millisecond per run on a 30-layer model.)
+        self._protected: Set[int] = set()
+        stack, seen = [root, *(attached or {}).values()], set()
+        while stack:
+            owner = stack.pop()
+            if id(owner) in seen:
+                continue
+            seen.add(id(owner))
+            stack.extend(owner._modules.values())
+            for tensor in (*owner._parameters.values(), *owner._buffers.values()):
+                if tensor is not None and (key := _storage(tensor)) is not None:
+                    self._protected.add(key)
         self._module_sizes: Dict[str, int] = {}
 
     # -- reading values -----------------------------------------------------------------

@@ -56,8 +56,9 @@ def server(tmp_path_factory) -> Server:
     keys = tmp_path_factory.mktemp("keys") / "api-keys"
     key = add_key(str(keys), "tester")
 
-    specs = [parse_model("mlp=nnsight_remote.testing:mlp"), parse_model(lms["gpt2"]), parse_model(lms["llama"]),
-             parse_model(str(sd), wrapper="DiffusionModel"), parse_model("slow=nnsight_remote.testing:slow")]
+    specs = [parse_model("mlp=nnsight_remote.testing:mlp"), parse_model(lms["gpt2"]),
+             parse_model(str(sd), wrapper="DiffusionModel"), parse_model("slow=nnsight_remote.testing:slow"),
+             parse_model(lms["llama"])]
     specs[0] = type(specs[0])(**{**specs[0].__dict__, "replicas": 2})
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

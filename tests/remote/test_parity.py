@@ -167,12 +167,15 @@ def test_a_model_output_comes_back_as_its_class(server):
 
 
 def test_tracer_output_after_a_remote_trace_says_to_save_model_output(server):
-    model = NNsight(mlp())
-    with model.trace(torch.ones(1, 5), backend=server.backend("mlp")) as tracer:
+    model, backend = NNsight(mlp()), server.backend("mlp")
+    with model.trace(torch.ones(1, 5), backend=backend) as tracer:
         out = model.output.save()
     with pytest.raises(OutputNotReturnedError, match=r"out = model.output.save\(\)"):
         tracer.output
     torch.testing.assert_close(out.value, mlp()(torch.ones(1, 5)))
+    stats = backend.last                                  # what the request cost
+    assert stats.request_bytes > 0 and stats.response_bytes >= 2 * 4
+    assert 0 < stats.server_seconds < stats.seconds
 
 
 def test_remote_true_reads_the_environment(server, monkeypatch):

@@ -22,7 +22,7 @@ import re
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Tuple
 
 import httpx
 import nnsight_core.errors as _errors
@@ -40,7 +40,7 @@ from .wire import (PROTOCOL, Unencodable, decode_value, encode_value, output_cla
 if TYPE_CHECKING:
     from nnsight_core import NNsightModel, Runner
 
-__all__ = ["RemoteBackend", "build_request", "model_key_of", "remote_exception", "URL_ENV", "KEY_ENV"]
+__all__ = ["RemoteBackend", "RequestStats", "build_request", "model_key_of", "remote_exception", "URL_ENV", "KEY_ENV"]
 
 #: Environment variable with the server's URL (``remote=True`` reads it).
 URL_ENV = "NNSIGHT_REMOTE_URL"
@@ -76,6 +76,10 @@ class RemoteBackend:
             as they happen (the server then also streams when the replica starts running),
             False never, None (default) one line at the end of a request that took 2 s.
 
+    Attributes:
+        last: The :class:`RequestStats` of the latest request that got a result (from any
+            thread using this backend), or None.
+
     Raises:
         RemoteError: No URL given and ``$NNSIGHT_REMOTE_URL`` unset.
     """
@@ -94,6 +98,7 @@ class RemoteBackend:
         # One connection pool per backend (thread-safe): a new TCP connection and client per
         # request would cost about 20 ms on loopback.
         self._http = httpx.Client(timeout=timeout)
+        self.last: Optional[RequestStats] = None
 
     def headers(self) -> Dict[str, str]:
         """The HTTP headers of a request: the API key and the versions the server checks."""
@@ -146,11 +151,18 @@ class RemoteBackend:
             headers["X-NNsight-Progress"] = "1"
         started = time.monotonic()
         status = _Progress(key, self.progress, started)
+        received = [0]
+
+        def counted(chunks: Any) -> Any:
+            for chunk in chunks:
+                received[0] += len(chunk)
+                yield chunk
+
         try:
             with self._http.stream("POST", f"{self.url}/v1/trace", content=body, headers=headers) as response:
                 if response.status_code != 200:
                     raise remote_exception(*parse_error(response.read()), graph=graph)
-                for kind, payload in read_frames(response.iter_bytes(), 2**40):
+                for kind, payload in read_frames(counted(response.iter_bytes()), 2**40):
                     if kind == b"S":
                         status.update(payload)
                     elif kind == b"E":
@@ -158,7 +170,10 @@ class RemoteBackend:
                         raise remote_exception(*parse_error(payload), graph=graph)
                     else:
                         status.done("done")
-                        return _results(payload)
+                        *results, server_seconds = _results(payload)
+                        self.last = RequestStats(len(body), received[0], time.monotonic() - started,
+                                                 server_seconds)
+                        return tuple(results)
         except httpx.HTTPError as error:
             raise self._unreachable(error) from None
         except _errors.GraphFormatError as error:
@@ -175,14 +190,34 @@ class RemoteBackend:
                            f"{URL_ENV}.")
 
 
-def _results(payload: bytes) -> Tuple[Dict[int, Any], list, frozenset, list]:
+class RequestStats(NamedTuple):
+    """What one request cost (``RemoteBackend.last``): bytes each way and seconds.
+
+    Attributes:
+        request_bytes: The request body.
+        response_bytes: The answer, all frames.
+        seconds: From sending the request to reading its result, on the client.
+        server_seconds: The replica's run of it: preparing the inputs, running the model with
+            the graph, encoding the saved values (the rest is HTTP, Serve's routing, queueing
+            and the client's decoding).
+    """
+
+    request_bytes: int
+    response_bytes: int
+    seconds: float
+    server_seconds: float
+
+
+def _results(payload: bytes) -> Tuple[Dict[int, Any], list, frozenset, list, float]:
     header, tensors = unpack(payload, "response")
     outputs = output_classes()
     values = {}
     for index, raw in header.get("values", []):
         values[int(index)] = decode_value(raw, tensors, f"%{index}", outputs)
     ran = [c == "1" for c in header.get("ran", "")]
-    return values, ran, frozenset(header.get("skipped", [])), list(header.get("dropped", []))
+    seconds = header.get("seconds")
+    return (values, ran, frozenset(header.get("skipped", [])), list(header.get("dropped", [])),
+            float(seconds) if type(seconds) in (int, float) else 0.0)
 
 
 class _Progress:
