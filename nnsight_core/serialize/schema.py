@@ -58,7 +58,11 @@ object with exactly one of these keys: ``{"node": i}`` (an earlier node),
 ``{"size": [2, 3]}`` (a ``torch.Size``) or ``{"tensor": k}`` (entry ``k`` of
 ``tensors``). A tensor entry holds its dtype, its shape and its values
 flattened in row-major order (non-finite floats as the strings ``"nan"``,
-``"inf"``, ``"-inf"``). A tensor object used by several nodes is stored once
+``"inf"``, ``"-inf"``), or, in place of its values, ``"external": i``: tensor ``i``
+of a list given beside the document (``to_dict(graph, tensors=[])`` /
+``from_dict(document, tensors=...)``; binary data that travels next to the JSON, as
+``nnsight-remote`` sends it in safetensors), checked against the declared dtype and
+shape. A tensor object used by several nodes is stored once
 and is one shared object again after loading, so in-place edits of it keep
 their meaning. Tensors are stored by value: a ``Parameter`` becomes a plain
 tensor, and a tensor on another device is loaded on the CPU (or on
@@ -227,6 +231,7 @@ _DENIED_ATTRIBUTES = frozenset({
 _NODE_KEYS = frozenset({"op", "target", "args", "kwargs", "invoke"})
 _DOCUMENT_KEYS = frozenset({"format", "version", "rows", "iterations", "requirements", "tensors", "nodes"})
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data"})
+_EXTERNAL_TENSOR_KEYS = frozenset({"dtype", "shape", "external"})
 #: The ops a document can hold: all of OPS but ``apply``, whose target is a Python function
 #: given by the user. An op added to OPS is refused until it is added here (and tested).
 SERIALISABLE_OPS = frozenset({

@@ -171,7 +171,7 @@ def test_version_skew_names_both_versions():
         server.validate(wire.pack(header, tensors))
     body = bytearray(build_request(tracer, "net", False))
     body[4] = 7                                   # protocol 7
-    with pytest.raises(VersionSkewError, match="protocol 7.*protocol 1"):
+    with pytest.raises(VersionSkewError, match=f"protocol 7.*protocol {wire.PROTOCOL}"):
         server.validate(bytes(body))
 
 
@@ -455,3 +455,36 @@ def test_the_new_name_route_is_real_when_unguarded():
         model.source.getattr_0.inputs = ((model.source.getattr_0.inputs[0][0], "relu"), {})
         out = model.output.save()
     torch.testing.assert_close(out.value, torch.relu(module.net(torch.ones(1, 5))))
+
+
+
+def test_a_sessions_constants_travel_as_safetensors_and_are_checked():
+    server = ModelServer(NNsight(mlp()), "net")
+    client = NNsight(mlp())
+    hidden = torch.rand(1, 10, generator=torch.Generator().manual_seed(2))
+    with client.trace(torch.ones(1, 5), backend=lambda runner, keep: None) as tracer:
+        client.layer1.output = hidden                              # a tensor constant of the graph
+        out = client.output.save()
+    body = build_request(tracer, "net", False)
+    header, tensors = wire.unpack(body)
+    assert header["graph"]["tensors"] == [{"dtype": "float32", "shape": [1, 10], "external": 0}]
+    assert header["constants"] == {"list": [{"tensor": "t1"}]} and torch.equal(tensors["t1"], hidden)
+    frames = dict(server.handle(body))
+    values = wire.decode_value(wire.unpack(frames[b"R"], "response")[0]["values"][0][1],
+                               wire.unpack(frames[b"R"], "response")[1])
+    net = mlp()
+    torch.testing.assert_close(values, net.sigma2(net.layer2(net.sigma1(hidden))))
+    assert out.node.index == wire.unpack(frames[b"R"], "response")[0]["values"][0][0]
+    for mutate, match in [
+        (lambda h, t: h.__setitem__("constants", {"list": []}), r"tensors\[0\].external: expected an index into "
+                                                               r"the 0 tensor\(s\)"),
+        (lambda h, t: t.__setitem__("t1", torch.zeros(2, 10)), r"declares a float32 tensor of shape \[1, 10\], "
+                                                               r"tensor 0 beside the document is a torch.float32 "
+                                                               r"tensor of shape \[2, 10\]"),
+        (lambda h, t: h.__setitem__("constants", {"list": ["text"]}), r"beside the document is a string"),
+        (lambda h, t: h.__setitem__("constants", {"tuple": []}), r"'constants' is a list of tensors"),
+    ]:
+        header, tensors = wire.unpack(body)
+        mutate(header, tensors)
+        with pytest.raises(GraphFormatError, match=match):
+            server.validate(wire.pack(header, tensors))

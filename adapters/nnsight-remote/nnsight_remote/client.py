@@ -22,7 +22,7 @@ import re
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
 
 import httpx
 import nnsight_core.errors as _errors
@@ -269,9 +269,11 @@ def build_request(runner: Runner, key: str, keep: bool) -> bytes:
     invokes = [{"inputs": encode(tuple(invoker.inputs), f"invoke {k}'s inputs")["tuple"],
                 "kwargs": {name: encode(value, f"invoke {k}'s {name}=") for name, value in invoker.kwargs.items()}}
                for k, invoker in enumerate(runner.invokers)]
+    constants: List[torch.Tensor] = []  # the graph's tensor constants travel as safetensors, not JSON numbers
+    document = to_dict(runner.graph, tensors=constants)
     header = {"model": key, "method": runner.method, "keep": keep, "grad": torch.is_grad_enabled(),
               "client": {"nnsight_remote": __version__, "graph_schema": GRAPH_SCHEMA, "protocol": PROTOCOL},
-              "graph": to_dict(runner.graph), "invokes": invokes,
+              "graph": document, "constants": encode(constants, "the graph's tensor constants"), "invokes": invokes,
               "kwargs": {name: encode(value, f"{name}=") for name, value in runner.execution_kwargs.items()}}
     return pack(header, tensors)
 

@@ -128,7 +128,7 @@ class Request:
     grad: bool = True
 
 
-_REQUEST_KEYS = frozenset({"model", "method", "keep", "grad", "client", "graph", "invokes", "kwargs"})
+_REQUEST_KEYS = frozenset({"model", "method", "keep", "grad", "client", "graph", "constants", "invokes", "kwargs"})
 # Methods a request may run: the forward pass, or the wrapper's generate.
 _METHODS = (None, "generate")
 _CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
@@ -208,7 +208,10 @@ class ModelServer:
         if type(nodes) is list and len(nodes) > limits.max_nodes:
             raise NodeLimitError(f"the graph has {len(nodes)} nodes, more than this server's limit of "
                                  f"{limits.max_nodes}: split the work into several traces.")
-        graph = from_dict(document)
+        constants = decode_value(header.get("constants", {"list": []}), tensors, "constants")
+        if type(constants) is not list:
+            raise GraphFormatError("the request's 'constants' is a list of tensors.")
+        graph = from_dict(document, tensors=constants)
         self._check_sources(graph)
         invokes = header.get("invokes")
         if type(invokes) is not list or len(invokes) != len(graph.rows):

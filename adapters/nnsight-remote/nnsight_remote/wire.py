@@ -18,8 +18,13 @@ A request's header::
     {"model": "openai-community/gpt2", "method": null | "generate", "keep": false, "grad": true,
      "client": {"nnsight_remote": "0.1.0", "graph_schema": 1},
      "graph": <nnsight_core.serialize document>,
+     "constants": {"list": [{"tensor": "t3"}, ...]},
      "invokes": [{"inputs": [<value>, ...], "kwargs": {<name>: <value>}}, ...],
      "kwargs": {<name>: <value>}}
+
+The graph's tensor constants (in a session, the values of earlier traces) are not
+written into the document as numbers: its tensor entries say ``{"external": i}`` and
+``constants`` lists them, as tensors of the safetensors part.
 
 A response is a stream of frames, each ``kind (1 byte) | length (uint64) | payload``:
 ``S`` a status (JSON ``{"status": "queued" | "running"}``), ``R`` the result (an
@@ -59,7 +64,8 @@ __all__ = ["MAGIC", "PROTOCOL", "TAGS", "MAX_HEADER_BYTES", "MAX_DEPTH", "pack",
 #: First bytes of every envelope.
 MAGIC = b"NNSR"
 #: Version of this wire format; client and server must agree (else :class:`~nnsight_core.errors.VersionSkewError`).
-PROTOCOL = 1
+#: 2: the graph's tensor constants travel as safetensors (``"constants"``).
+PROTOCOL = 2
 #: Largest JSON header an envelope may carry, in bytes.
 MAX_HEADER_BYTES = 64 * 2**20
 #: Deepest nesting of tagged values.
