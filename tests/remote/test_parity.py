@@ -17,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 
 from nnsight_remote.testing import mlp
 
-from tests.helpers import LONG, MID, SHORT
+from tests.helpers import LONG, MID, SHORT, look_inside_attention
 
 pytestmark = pytest.mark.filterwarnings("ignore:the server could not send back")
 
@@ -241,6 +241,7 @@ def llama_standard_names(model, backend):
 
 @pytest.mark.parametrize("case", [llama_source, llama_skip, llama_standard_names])
 def test_source_skip_and_names_parity(server, case):
+    look_inside_attention(LanguageModel(server.llama))        # the nested .source path needs its callee
     local, remote, client = both(lambda: LanguageModel(server.llama), case, server.backend(server.llama))
     assert_same(local, remote)
     assert not client.dispatched

@@ -402,12 +402,11 @@ def test_call_sites_the_model_lacks_are_refused_before_running(path, match):
 
 def test_call_sites_deeper_than_the_server_allows_are_refused(tmp_path):
     from nnsight_transformers import LanguageModel
-    from tests.helpers import save_tiny_lms
+    from tests.helpers import look_inside_attention, save_tiny_lms
     folder = save_tiny_lms(tmp_path)["llama"]
     server = ModelServer(LanguageModel(folder), folder)                  # max_source_depth=1
     client = LanguageModel(folder)
-    with client.trace("Paris"):                                          # learns what attention_interface is
-        pass
+    look_inside_attention(server.model)                                  # learns what attention_interface is
     attn = client.model.layers[0].self_attn
     with pytest.raises(GraphAccessError, match=r"2 level\(s\) deep inside forwards .*allows 1.*--max-source-depth"):
         with client.trace("Paris", backend=InProcess(server)):
