@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nnsight_remote import RemoteBackend, ServerLimits  # noqa: E402
-from nnsight_remote.serve import ModelSpec, start  # noqa: E402
+from nnsight_remote.serve import RAY_SYSTEM_CONFIG, ModelSpec, start  # noqa: E402
 from nnsight_transformers import LanguageModel  # noqa: E402
 
 PROMPT = "The Eiffel Tower is in the city of"
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, _system_config=RAY_SYSTEM_CONFIG)
     try:
         started = time.perf_counter()
         url = start(specs, port=8765, actor_options=ONE_THREAD, limits=ServerLimits(max_concurrent_per_key=64))

@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 from nnsight_remote import RemoteBackend, ServerLimits  # noqa: E402
 from nnsight_remote.auth import KeyStore, add_key  # noqa: E402
-from nnsight_remote.serve import parse_model, start  # noqa: E402
+from nnsight_remote.serve import RAY_SYSTEM_CONFIG, parse_model, start  # noqa: E402
 
 from tests.helpers import save_tiny_lms  # noqa: E402
 
@@ -60,7 +60,7 @@ def server(tmp_path_factory) -> Server:
              parse_model(str(sd), wrapper="DiffusionModel"), parse_model("slow=nnsight_remote.testing:slow"),
              parse_model(lms["llama"])]
     specs[0] = type(specs[0])(**{**specs[0].__dict__, "replicas": 2})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=RAY_SYSTEM_CONFIG)
     try:
         url = start(specs, port=_free_port(), keys=KeyStore.load(str(keys)), limits=LIMITS, replicas=1,
                     actor_options={"num_cpus": 0})
