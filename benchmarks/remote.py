@@ -7,9 +7,11 @@ Run by hand, never in CI (it starts a local Ray cluster and takes a few minutes)
 
 (a) overhead: the same trace (layer 0's output and the last token's logits saved)
 run locally on a loaded wrapper in this process and remotely through
-``RemoteBackend`` on a server on 127.0.0.1 (one replica); the median milliseconds
-per request of each, their difference, and the request and response bytes.
-Target: remote - local <= 30 ms.
+``RemoteBackend`` on a server on 127.0.0.1 (one replica), alternately; the median
+milliseconds per request of each, the median of their differences, the request and
+response bytes, and where the difference goes: the replica's run beyond the local
+one (the server reports its run time) and the rest (HTTP, Serve's proxy, ingress
+and routing, the client's encoding and decoding). Target: remote - local <= 30 ms.
 
 (b) throughput: 1, 4 and 8 client threads, each sending requests back to back,
 against a deployment of 1 and of 2 replicas of the same model; requests per second
@@ -30,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import List
 
 import torch
 
@@ -38,8 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nnsight_remote import RemoteBackend, ServerLimits  # noqa: E402
-from nnsight_remote.client import build_request  # noqa: E402
-from nnsight_remote.serve import ModelSpec, start  # noqa: E402
+from nnsight_remote.serve import RAY_SYSTEM_CONFIG, ModelSpec, start  # noqa: E402
 from nnsight_transformers import LanguageModel  # noqa: E402
 
 PROMPT = "The Eiffel Tower is in the city of"
@@ -54,58 +55,9 @@ def trace(model: LanguageModel, backend=None):
     return hidden.value, logits.value
 
 
-def median_ms(fn: Callable[[], None], n: int) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def sizes(model: LanguageModel, backend: RemoteBackend) -> Dict[str, int]:
-    """Bytes of one request and of its response."""
-    captured = {}
-    send = backend.send
-
-    def spy(body, key, graph=None):
-        captured["request"] = len(body)
-        return send(body, key, graph)
-
-    backend.send = spy
-    original = backend._http.stream
-
-    class Counting:
-        def __init__(self, *args, **kwargs):
-            self.context = original(*args, **kwargs)
-
-        def __enter__(self):
-            response = self.context.__enter__()
-            iterate = response.iter_bytes
-
-            def counted():
-                captured["response"] = 0
-                for chunk in iterate():
-                    captured["response"] += len(chunk)
-                    yield chunk
-
-            response.iter_bytes = counted
-            return response
-
-        def __exit__(self, *exc):
-            return self.context.__exit__(*exc)
-
-    backend._http.stream = Counting
-    try:
-        trace(model, backend)
-    finally:
-        backend._http.stream = original
-        backend.send = send
-    return captured
-
-
 def overhead(name: str, folder: str, url: str, n: int) -> None:
+    """Local and remote runs alternate (paired), so a change of the machine's load (two cores
+    shared with Ray's processes and other work) shifts both alike."""
     local = LanguageModel(folder)
     local.dispatch_model()
     client = LanguageModel(folder)
@@ -114,12 +66,23 @@ def overhead(name: str, folder: str, url: str, n: int) -> None:
     local_values = trace(local)
     for a, b in zip(local_values, remote_values):
         torch.testing.assert_close(a, b)
-    local_ms = median_ms(lambda: trace(local), n)
-    remote_ms = median_ms(lambda: trace(client, backend), n)
-    bytes_ = sizes(client, backend)
-    print(f"(a) {name}: local {local_ms:7.1f} ms   remote {remote_ms:7.1f} ms   overhead "
-          f"{remote_ms - local_ms:6.1f} ms/request   request {bytes_['request']} B, response "
-          f"{bytes_['response']} B   (median of {n})")
+    local_ms, remote_ms, server_ms = [], [], []
+    for _ in range(n):
+        started = time.perf_counter()
+        trace(local)
+        local_ms.append((time.perf_counter() - started) * 1e3)
+        started = time.perf_counter()
+        trace(client, backend)
+        remote_ms.append((time.perf_counter() - started) * 1e3)
+        server_ms.append(backend.last.server_seconds * 1e3)
+    median = statistics.median
+    stats = backend.last
+    print(f"(a) {name}: local {median(local_ms):7.1f} ms   remote {median(remote_ms):7.1f} ms   overhead "
+          f"{median([r - l for r, l in zip(remote_ms, local_ms)]):6.1f} ms/request   request {stats.request_bytes} B, "
+          f"response {stats.response_bytes} B   (median of {n} pairs)")
+    print(f"    {name}: of which the server's run beyond the local one "
+          f"{median([s - l for s, l in zip(server_ms, local_ms)]):5.1f} ms; HTTP, Serve's routing and the "
+          f"client {median([r - s for r, s in zip(remote_ms, server_ms)]):5.1f} ms")
 
 
 def throughput(name: str, folder: str, url: str, seconds: float) -> None:
@@ -174,7 +137,7 @@ def main(argv=None) -> int:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, _system_config=RAY_SYSTEM_CONFIG)
     try:
         started = time.perf_counter()
         url = start(specs, port=8765, actor_options=ONE_THREAD, limits=ServerLimits(max_concurrent_per_key=64))

@@ -13,7 +13,7 @@ from .errors import (AdapterNotFoundError, AssignmentError, BatchError, CacheErr
                      EnvoyAttributeError, GraphAccessError, GraphFormatError, GraphLimitError,
                      GradientError, GraphvizNotFoundError,
                      ImageFormatError, InputError, InterventionError, InvokeError, MissedCallError,
-                     ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError,
+                     ModelKeyError, ModuleIndexError, NNsightError, OutOfOrderEditError, OutputNotReturnedError,
                      PluginLoadError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, RenameError,
                      ScanError, SourceError, TokenIndexError, TraceStateError, UnsupportedMethodError,
                      ValueNotSetError)
@@ -77,6 +77,7 @@ __all__ = [
     "RemoteLimitError",
     "RequestSizeError",
     "RequestTimeoutError",
+    "OutputNotReturnedError",
     "RenameError",
     "Runner",
     "SavedBytesError",

@@ -49,6 +49,7 @@ __all__ = [
     "GenerationLengthError",
     "RequestTimeoutError",
     "ConcurrencyLimitError",
+    "OutputNotReturnedError",
 ]
 
 
@@ -58,6 +59,10 @@ class NNsightError(Exception):
 
 class ValueNotSetError(NNsightError, ValueError):
     """Raised when a proxy's value is read before it exists or after it was freed."""
+
+
+class OutputNotReturnedError(ValueNotSetError):
+    """Raised when ``tracer.output`` is read after a trace whose backend ran it elsewhere and did not return the model's output."""
 
 
 class ProxyControlFlowError(NNsightError, TypeError):

@@ -114,6 +114,8 @@ def nnsight_backend(model: NNsightModel, name: str) -> Optional[Any]:
     ``runner.graph``, ``runner.invokers`` (each invoke's ``inputs`` and
     ``kwargs``), ``runner.method``, ``runner.execution_kwargs`` and ``runner.model_wrapper``, fills
     ``runner.trace_state`` (``values``, ``ran``, ``skipped``; with ``keep`` every
-    value, for a session) and returns what ``runner.output`` becomes. First
+    value, for a session) and returns what ``runner.output`` becomes: the model's
+    output, or an :class:`~nnsight_core.errors.OutputNotReturnedError` that reading
+    ``runner.output`` raises (its message saying how to get the output). First
     result wins; return ``None`` for names you do not serve.
     """

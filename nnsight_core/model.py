@@ -21,7 +21,7 @@ from .errors import AdapterNotFoundError, EnvoyAttributeError, InputError, Invok
 from .graph import MODULE_VALUE_OPS, Graph, display_path
 from .interleaver import Batch, Interleaver, StopExecution, module_at
 from .plugins import call_hook, get_plugin_manager
-from .source import split_path
+from .source import check_path, split_path
 from .proxy import InterventionProxy, Proxy
 from .session import Session, session_backend
 from .tracer import Invoker, Runner
@@ -361,6 +361,7 @@ class NNsightModel:
             InvokeError: ``inputs`` and ``invokes`` both or neither given, or their number
                 differs from the graph's invokes.
             EnvoyAttributeError: The graph names a module this model does not have.
+            SourceError: The graph names a call site (``.source``) the module's forward does not have.
         """
         expected = len(graph.rows)
         if (not inputs) == (invokes is None):
@@ -374,11 +375,17 @@ class NNsightModel:
                               f"inputs for {len(groups)}; pass invokes=[...] with one entry per invoke.")
         for node in graph.nodes:
             path = node.target[0] if node.op in MODULE_VALUE_OPS else node.target if node.op == "call_module" else None
-            if path is not None and module_at(self._model, self._attached, split_path(path)[0]) is None:
+            if path is None:
+                continue
+            head, sites = split_path(path)
+            module = module_at(self._model, self._attached, head)
+            if module is None:
                 raise EnvoyAttributeError(
                     f"{node.describe()} (node %{node.index}) needs {display_path(path)}, which this "
                     f"{type(self).__name__} does not have: run the graph on a model with the module "
                     "tree it was recorded on.")
+            if sites:  # call sites inside a forward: checked in the source, before anything runs
+                check_path(module, path)
         if invoker_args is not None and len(invoker_args) != expected:
             raise InvokeError(f"run_graph() got invoker_args for {len(invoker_args)} invoke(s) but the "
                               f"graph has {expected}; pass one dict per invoke.")

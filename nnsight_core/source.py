@@ -51,7 +51,7 @@ from .errors import SourceError
 from .graph import display_path
 from .interleaver import Interleaver
 
-__all__ = ["SOURCE", "Site", "Rewrite", "rewrite", "forward_of", "split_path", "format_source",
+__all__ = ["SOURCE", "Site", "Rewrite", "rewrite", "forward_of", "split_path", "check_path", "format_source",
            "last_callee", "install"]
 
 #: The path part that separates a module path from the call sites inside its forward.
@@ -393,6 +393,49 @@ def split_path(path: str) -> Tuple[str, Tuple[str, ...]]:
         return path, ()
     head, *sites = f".{path}".split(_MARKER)
     return head[1:], tuple(sites)
+
+
+def check_path(module: torch.nn.Module, path: str) -> None:
+    """Check, without running anything, that the call sites ``path`` names exist in ``module``'s forward.
+
+    ``module`` is the module at the head of ``path`` (``"layers.0.attn.source.f_0.source.g_0"``
+    -> ``layers.0.attn``). Each call site is looked up in the rewritten source; a deeper one
+    in the function the call site before it calls, when the source says which (a global,
+    closure or ``self.<attribute>`` name). A callee that only running tells (a local
+    variable) is checked when it is called.
+
+    Example:
+        >>> check_path(net.layer1, "layer1.source.linear_0")
+        >>> check_path(net.layer1, "layer1.source.nope_0")
+        Traceback (most recent call last):
+        ...
+        nnsight_core.errors.SourceError: model.layer1.source.nope_0 does not exist: the forward of model.layer1 (torch.nn.modules.linear.Linear.forward) has the call sites linear_0. Print `.source` to see them.
+
+    Raises:
+        SourceError: A call site does not exist, calls a module, or a forward or function on
+            the way has no Python source.
+    """
+    head, names = split_path(path)
+    function: Any = forward_of(module, head)
+    owner: Optional[torch.nn.Module] = module
+    prefix = f"{head}.{SOURCE}" if head else SOURCE
+    what = f"the forward of {display_path(head)}"
+    for depth, name in enumerate(names):
+        sites = _Sites(prefix)
+        sites.wanted[name] = set()
+        sites.check(rewrite(function), what)
+        if depth + 1 == len(names):
+            return
+        callee = static_callee(function, name, owner)
+        site = f"{prefix}.{name}"
+        if callee is None:  # a local variable: what it calls is checked when it is called
+            return
+        if isinstance(callee, torch.nn.Module):
+            raise SourceError(f"{display_path(site)}.source: this call site calls a module "
+                              f"({type(callee).__name__}); look inside it through its own envoy's .source.")
+        function, owner = callee, None
+        what = f"{display_path(site)} calls {_label(rewrite(callee).function)}, which"
+        prefix = f"{site}.{SOURCE}"
 
 
 def last_callee(function: Any, name: str) -> Any:

@@ -16,7 +16,7 @@ from . import _state
 from ._state import current_runner
 from .cache import record_cache
 from .envoy import call_range
-from .errors import InputError, InvokeError, ProxyCallError, TraceStateError
+from .errors import InputError, InvokeError, OutputNotReturnedError, ProxyCallError, TraceStateError
 from .graph import EVENT_KIND, FED_OPS, MODULE_VALUE_OPS, Graph, Iteration, Node, map_arg
 from .interleaver import Batch, Interleaver
 from .proxy import Proxy, TraceState, _record
@@ -486,10 +486,18 @@ class Runner:
     # so the root module's values are reachable and assignable through it too.
     @property
     def output(self) -> Any:
-        """Inside the block, the root module's output proxy; after it, the model's raw output."""
+        """Inside the block, the root module's output proxy; after it, the model's raw output.
+
+        Raises:
+            OutputNotReturnedError: The trace ran elsewhere (a backend) and the output did not
+                come back; save ``model.output`` inside the trace instead.
+        """
         if self.recording:
             return self._model.output
-        return self._output
+        output = self._output
+        if isinstance(output, OutputNotReturnedError):  # what a backend returns instead of an output
+            raise output.with_traceback(None)
+        return output
 
     @output.setter
     def output(self, value: Any) -> None:

@@ -141,6 +141,14 @@ def save_tiny_lms(root) -> dict[str, str]:
     return folders
 
 
+def look_inside_attention(model) -> None:
+    """Run ``model`` (a loaded tiny Llama wrapper) once looking inside layer 0's attention call, so that
+    envoys learn which function ``attention_interface_0`` calls in this process (sdpa or eager: it is a
+    local variable, known only from an execution; another test may have run eager attention last)."""
+    with model.trace("Paris"):
+        model.model.layers[0].self_attn.source.attention_interface_0.output.save()
+
+
 # -- raw-hook helpers (expected values) ----------------------------------------------------------
 
 

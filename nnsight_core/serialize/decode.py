@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .._tree import map_structure
 from ..errors import GraphFormatError
 from ..graph import MODULE_VALUE_OPS, Graph
-from .schema import (_DEVICE, _DOCUMENT_KEYS, _DTYPE_NAMES, _INT_RANGES, _NO_TARGET, _NODE_KEYS, _NONFINITE,
-                     _TENSOR_KEYS, DTYPES, FORMAT, FUNCTIONS, MAX_DEPTH, MAX_DOCUMENT_CHARS, MAX_NODES,
+from .schema import (_DEVICE, _DOCUMENT_KEYS, _DTYPE_NAMES, _EXTERNAL_TENSOR_KEYS, _INT_RANGES, _NO_TARGET,
+                     _NODE_KEYS, _NONFINITE, _TENSOR_KEYS, DTYPES, FORMAT, FUNCTIONS, MAX_DEPTH, MAX_DOCUMENT_CHARS, MAX_NODES,
                      MAX_TENSOR_DIMS, MAX_TENSOR_ELEMENTS, OPERATORS, SERIALISABLE_OPS, TENSOR_METHODS, VERSION,
                      _arguments_problem, _attribute_ok, _invoke_problem, _is_int, _iteration_problem, _kind,
                      _path_ok, _requirement_problem, _rows_problem, _scalar, _short)
@@ -70,12 +70,16 @@ def from_json(text: Union[str, bytes, bytearray], device: Union[str, torch.devic
     return from_dict(document, device=device)
 
 
-def from_dict(document: Any, device: Union[str, torch.device, None] = None) -> Graph:
+def from_dict(document: Any, device: Union[str, torch.device, None] = None,
+              tensors: Optional[Sequence[torch.Tensor]] = None) -> Graph:
     """Rebuild a graph from a parsed document (as :func:`to_dict` returns it).
 
     Args:
         document: The parsed JSON document.
         device: Where tensor constants are created (default: the CPU).
+        tensors: The tensors that entries ``{"external": i}`` name (what ``to_dict(graph,
+            tensors=...)`` collected, shipped as binary data); each must match its entry's
+            dtype and shape, and is used by one entry only. Default: none.
 
     Returns:
         The graph (structure only, ready to run with ``model.run_graph`` or :func:`run`).
@@ -91,7 +95,7 @@ def from_dict(document: Any, device: Union[str, torch.device, None] = None) -> G
         >>> [node.op for node in graph.nodes]
         ['output', 'save']
     """
-    return _Decoder(torch.device("cpu") if device is None else torch.device(device)).document(document)
+    return _Decoder(torch.device("cpu") if device is None else torch.device(device), tensors).document(document)
 
 
 def _reject_constant(name: str) -> Any:
@@ -133,12 +137,15 @@ class _Decoder:
     Nothing is built (no tensor, no node) until every field has passed.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, external: Optional[Sequence[torch.Tensor]] = None) -> None:
         self.device = device
+        self.external = list(external) if external is not None else []
+        self.used: set = set()
         self.rows: List[Tuple[int, int]] = []
         self.requirements: List[Tuple[int, Dict[str, Any]]] = []
         self.iterations: List[List[Any]] = []
-        self.tensors: List[Tuple[List[Any], torch.dtype, List[int]]] = []
+        # (values, dtype, shape), or (an external tensor, dtype, shape)
+        self.tensors: List[Tuple[Any, torch.dtype, List[int]]] = []
         self.nodes: List[_NodeSpec] = []
 
     def fail(self, where: str, problem: str) -> GraphFormatError:
@@ -173,7 +180,8 @@ class _Decoder:
         return self._build()
 
     def _build(self) -> Graph:
-        tensors = [torch.tensor(values, dtype=dtype, device=self.device).reshape(shape)
+        tensors = [values.to(self.device) if isinstance(values, torch.Tensor)
+                   else torch.tensor(values, dtype=dtype, device=self.device).reshape(shape)
                    for values, dtype, shape in self.tensors]
         graph = Graph()
         graph.rows = list(self.rows)
@@ -230,14 +238,18 @@ class _Decoder:
 
     # -- tensors ----------------------------------------------------------------------
 
-    def _tensor(self, entry: Any, where: str) -> Tuple[List[Any], torch.dtype, List[int]]:
+    def _tensor(self, entry: Any, where: str) -> Tuple[Any, torch.dtype, List[int]]:
         if type(entry) is not dict:
             raise self.fail(where, f"expected an object with dtype, shape and data, got {_kind(entry)}")
-        self._keys(entry, where, _TENSOR_KEYS, set(_TENSOR_KEYS))
+        external = "external" in entry
+        keys = _EXTERNAL_TENSOR_KEYS if external else _TENSOR_KEYS
+        self._keys(entry, where, keys, set(keys))
         dtype = DTYPES.get(entry["dtype"]) if type(entry["dtype"]) is str else None
         if dtype is None:
             raise self.fail(f"{where}.dtype", f"expected one of {sorted(DTYPES)}, got {_short(entry['dtype'])}")
         shape = self._shape(entry["shape"], f"{where}.shape")
+        if external:
+            return self._external(entry["external"], dtype, shape, f"{where}.external"), dtype, shape
         numel = math.prod(shape)
         data = entry["data"]
         if type(data) is not list or len(data) != numel:
@@ -245,6 +257,23 @@ class _Decoder:
             raise self.fail(f"{where}.data", f"expected a flat list of {numel} values (the product of "
                                              f"the shape {shape}), got {got}")
         return self._elements(data, dtype, f"{where}.data"), dtype, shape
+
+    def _external(self, index: Any, dtype: torch.dtype, shape: List[int], where: str) -> torch.Tensor:
+        count = len(self.external)
+        if not (_is_int(index) and 0 <= index < count):
+            raise self.fail(where, f"expected an index into the {count} tensor(s) given beside the document "
+                                   f"(from_dict(..., tensors=...)), got {_short(index)}")
+        if index in self.used:
+            raise self.fail(where, f"tensor {index} beside the document is named by two entries; each is one")
+        tensor = self.external[index]
+        if not (isinstance(tensor, torch.Tensor) and tensor.layout is torch.strided and tensor.dtype is dtype
+                and list(tensor.shape) == shape):
+            got = (f"a {tensor.dtype} tensor of shape {list(tensor.shape)}" if isinstance(tensor, torch.Tensor)
+                   else _kind(tensor))
+            raise self.fail(where, f"the entry declares a {_DTYPE_NAMES[dtype]} tensor of shape {shape}, tensor "
+                                   f"{index} beside the document is {got}")
+        self.used.add(index)
+        return tensor
 
     def _shape(self, shape: Any, where: str) -> List[int]:
         if type(shape) is not list or len(shape) > MAX_TENSOR_DIMS:
@@ -298,7 +327,7 @@ class _Decoder:
             raise self.fail(f"{where}.kwargs", f"expected an object (string keys), got {_kind(raw_kwargs)}")
         args = tuple(self._value(a, f"{where}.args[{k}]", 0, index) for k, a in enumerate(raw_args))
         kwargs = {k: self._value(v, f"{where}.kwargs.{k}", 0, index) for k, v in raw_kwargs.items()}
-        problem = _arguments_problem(op, target, invoke, args, kwargs, self._facts)
+        problem = _arguments_problem(op, target, invoke, args, kwargs, self._facts, _is_tensor_ref)
         if problem is not None:
             raise self.fail(where + problem[0], problem[1])
         return _NodeSpec(op, target, invoke, args, kwargs, self._template_of(op, target, args, kwargs, where))
@@ -457,6 +486,10 @@ _TAGS: Dict[str, Callable[..., Any]] = {
     "float": _Decoder._float, "dtype": _Decoder._dtype, "device": _Decoder._device,
     "size": _Decoder._size, "tensor": _Decoder._tensor_ref,
 }
+
+
+def _is_tensor_ref(value: Any) -> bool:
+    return type(value) is _Ref and value.kind == "tensor"
 
 
 def _float_element(value: Any) -> Optional[float]:

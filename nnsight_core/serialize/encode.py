@@ -24,11 +24,16 @@ from .schema import (_DEVICE, _DTYPE_NAMES, _FUNCTION_NAMES, _NO_TARGET, DTYPES,
 __all__ = ["to_dict", "to_json"]
 
 
-def to_dict(graph: Graph) -> Document:
+def to_dict(graph: Graph, tensors: Optional[List[torch.Tensor]] = None) -> Document:
     """The graph as a JSON-ready document (see the module docstring for the schema).
 
     Args:
         graph: A recorded graph (``tracer.graph``), during or after its trace, or a loaded one.
+        tensors: Where to put the tensor constants instead of the document: each is appended
+            (detached) and its entry written ``{"dtype", "shape", "external": i}``, its index in
+            the list; the caller ships them as binary data (``nnsight-remote`` does, as
+            safetensors) and gives them to :func:`from_dict` again. Default: their values are
+            written into the document.
 
     Returns:
         A dict of plain JSON values.
@@ -60,7 +65,7 @@ def to_dict(graph: Graph) -> Document:
         problem = _requirement_problem(entry, len(graph.rows))
         if problem is not None:
             raise GraphFormatError(f"cannot serialise the graph's requirements[{k}]: {problem}")
-    encoder = _Encoder(len(graph.rows), graph.iterations)
+    encoder = _Encoder(len(graph.rows), graph.iterations, tensors)
     nodes = [encoder.node(node) for node in graph.nodes]
     document = {"format": FORMAT, "version": VERSION, "rows": [list(r) for r in graph.rows],
                 "iterations": iterations, "tensors": encoder.tensors, "nodes": nodes}
@@ -100,8 +105,9 @@ def to_json(graph: Graph, indent: Optional[int] = None) -> str:
 class _Encoder:
     """Encodes one graph's nodes, collecting its tensor constants (each object once)."""
 
-    def __init__(self, invokes: int, iterations: List[Iteration]) -> None:
+    def __init__(self, invokes: int, iterations: List[Iteration], external: Optional[List[torch.Tensor]] = None) -> None:
         self.invokes = invokes
+        self.external = external
         self._iteration_index = {id(it): k for k, it in enumerate(iterations)}
         self.tensors: List[Dict[str, Any]] = []
         self._tensor_index: Dict[int, int] = {}
@@ -136,7 +142,7 @@ class _Encoder:
         if problem is not None:
             raise self._fail(f"invoke: {problem}")
         arguments = _arguments_problem(node.op, node.target, node.invoke, node.args, node.kwargs,
-                                       _node_facts)
+                                       _node_facts, _is_tensor)
         if arguments is not None:
             raise self._fail(arguments[1])
 
@@ -256,14 +262,22 @@ class _Encoder:
             raise self._fail(f"a tensor constant of shape {tuple(tensor.shape)} exceeds MAX_TENSOR_DIMS = "
                              f"{MAX_TENSOR_DIMS} or MAX_TENSOR_ELEMENTS = {MAX_TENSOR_ELEMENTS}; pass "
                              "large tensors as inputs instead of constants")
-        data = tensor.detach().cpu().reshape(-1).tolist()
-        if tensor.dtype.is_floating_point:
-            data = [v if math.isfinite(v) else repr(v) for v in data]
         index = len(self.tensors)
-        self.tensors.append({"dtype": dtype, "shape": list(tensor.shape), "data": data})
+        if self.external is not None:
+            self.tensors.append({"dtype": dtype, "shape": list(tensor.shape), "external": len(self.external)})
+            self.external.append(tensor.detach())
+        else:
+            data = tensor.detach().cpu().reshape(-1).tolist()
+            if tensor.dtype.is_floating_point:
+                data = [v if math.isfinite(v) else repr(v) for v in data]
+            self.tensors.append({"dtype": dtype, "shape": list(tensor.shape), "data": data})
         self._tensor_index[id(tensor)] = index
         self._keep.append(tensor)
         return index
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)
 
 
 def _node_facts(value: Any) -> Optional[Tuple[str, Any, Optional[int]]]:

@@ -8,8 +8,8 @@ to, which is known only while the model runs:
 
 * ``getattr`` reads only the attributes the value's type allows
   (:func:`allowed_attributes`): :data:`~nnsight_core.serialize.schema.TENSOR_ATTRIBUTES`
-  on a tensor, the declared fields of a model-output object (a dataclass such as
-  transformers' ``ModelOutput`` or diffusers' ``BaseOutput``, or a named tuple
+  on a tensor, the declared fields of a model-output object (a dataclass that is a
+  mapping, as transformers' ``ModelOutput`` and diffusers' ``BaseOutput`` are, or a named tuple
   such as ``torch.return_types.max``), nothing on anything else;
 * ``call_method`` calls only :data:`~nnsight_core.serialize.schema.TENSOR_METHODS`,
   and only on a tensor;
@@ -18,6 +18,12 @@ to, which is known only while the model runs:
 * no operation writes into storage the model's parameters or buffers own: an
   in-place method or function (``zero_``, ``copy_``, ``out=``, ``inplace=True``),
   a ``setitem``, or an assignment of such a tensor as a module value;
+* what an edit hands the model (an assigned module or call-site value, a ``skip``
+  value, an item stored into a list or dict the model reads) is data (tensors,
+  numbers, booleans, None, dtypes, devices, sizes, in tuples, lists and dicts) or a
+  part of the value it replaces: an object read at one hook point (a function, a
+  module, a config, a string) never reaches another, where the model's code would
+  call or use it;
 * every operation stays within the run's :class:`Limits`: the size of each
   tensor it creates is predicted before it runs (on the ``meta`` device: no
   memory, no compute) and checked after, and the run's totals are counted.
@@ -102,8 +108,9 @@ def allowed_attributes(value: Any) -> FrozenSet[str]:
 
     Returns:
         :data:`~nnsight_core.serialize.schema.TENSOR_ATTRIBUTES` for a tensor; the
-        fields of a dataclass instance (a model output) or of a named tuple; else
-        nothing.
+        fields of a model output (a dataclass that is also a mapping, as transformers'
+        ``ModelOutput`` and diffusers' ``BaseOutput`` are) or of a named tuple; else
+        nothing. Other dataclasses (transformers' configs are dataclasses) are opaque.
 
     Example:
         >>> sorted(allowed_attributes(torch.zeros(2).max(dim=0)))
@@ -113,7 +120,7 @@ def allowed_attributes(value: Any) -> FrozenSet[str]:
     """
     if isinstance(value, torch.Tensor):
         return TENSOR_ATTRIBUTES
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, Mapping) and dataclasses.is_dataclass(value) and not isinstance(value, type):
         return frozenset(field.name for field in dataclasses.fields(value))
     if isinstance(value, tuple):
         fields = getattr(type(value), "_fields", None) or getattr(type(value), "__match_args__", None)
@@ -176,11 +183,20 @@ class GuardedInterleaver(Interleaver):
         super().__init__(graph, root, attached, batch, keep)
         self.limits = limits if limits is not None else Limits()
         self.ops = self.elements = self.work = 0
-        modules = [root, *(attached or {}).values()]
         # The storage of every parameter and buffer: a graph may read it, never write it.
-        self._protected: Set[int] = {key for module in modules
-                                     for tensor in [*module.parameters(), *module.buffers()]
-                                     if (key := _storage(tensor)) is not None}
+        # (One flat walk over the modules' own tables: `parameters()` and `buffers()` walk the
+        # tree twice through nested generators, a millisecond per run on a 30-layer model.)
+        self._protected: Set[int] = set()
+        stack, seen = [root, *(attached or {}).values()], set()
+        while stack:
+            owner = stack.pop()
+            if id(owner) in seen:
+                continue
+            seen.add(id(owner))
+            stack.extend(owner._modules.values())
+            for tensor in (*owner._parameters.values(), *owner._buffers.values()):
+                if tensor is not None and (key := _storage(tensor)) is not None:
+                    self._protected.add(key)
         self._module_sizes: Dict[str, int] = {}
 
     # -- reading values -----------------------------------------------------------------
@@ -265,6 +281,8 @@ class GuardedInterleaver(Interleaver):
         self._count(node)
         self._check_indexable(node, args[0], "assign into", _ASSIGNABLE)
         self._check_protected(node, list(_tensors(args[0])), "assigns into")
+        if not isinstance(args[0], torch.Tensor):  # a list or mapping the model will read again
+            self._check_foreign(node, args[2], args[0], "stores")
         if isinstance(args[0], torch.Tensor):
             self._spend(node, args[0].numel() + sum(t.numel() for t in _tensors(args[2])), "the assignment")
         return super().setitem(node, args, kwargs)
@@ -316,9 +334,27 @@ class GuardedInterleaver(Interleaver):
 
     def _check_assigned(self, node: Node, args: tuple) -> None:
         """An assigned module value must not hand the model its own weights to edit (other than
-        those the module received anyway)."""
+        those the module received anyway), nor objects the hook point did not hand out."""
         original = {id(t) for t in _tensors(args[0])}
         self._check_protected(node, [t for t in _tensors(args[1]) if id(t) not in original], "assigns")
+        self._check_foreign(node, args[1], args[0], "assigns")
+
+    def _check_foreign(self, node: Node, value: Any, original: Any, verb: str) -> None:
+        """What a graph hands the model is data, or a part of the value it replaces.
+
+        The model's code uses what it is given: a function where it calls one, an object whose
+        methods it calls. So an edit may bring in tensors, numbers, booleans, None, dtypes,
+        devices and sizes (in tuples, lists and dicts, or model outputs); anything else (a
+        string, a function, a module, a config) must be a part of the value it replaces (a
+        cache object passed through): an object read at one hook point never reaches another.
+        """
+        foreign = _foreign(value, original)
+        if foreign is not None:
+            raise GraphAccessError(
+                f"{_label(node)} {verb} a {_type_name(foreign)} that this hook point did not hand out; a "
+                "loaded graph may give the model tensors, numbers, booleans, None, dtypes, devices and "
+                "sizes (in tuples, lists, dicts), and other objects only where they were already (pass "
+                "the value it replaces through). Edit tensors instead.")
 
     def _check_protected(self, node: Node, tensors: List[torch.Tensor], verb: str) -> None:
         for tensor in tensors:
@@ -470,6 +506,60 @@ def _tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
         return
     for item in items[:_MAX_WALK_ITEMS]:
         yield from _tensors(item, depth + 1)
+
+
+# Leaves an edit may bring in; anything else must be a part of the value it replaces.
+_DATA = (bool, int, float, complex, type(None), torch.dtype, torch.device, torch.Size, slice, type(Ellipsis))
+
+
+def _parts(value: Any, ids: Set[int], strings: Set[str], depth: int = 0) -> None:
+    """Collect the ids of ``value`` and everything inside it (and its strings), bounded as
+    :func:`_tensors` is."""
+    ids.add(id(value))
+    if type(value) is str:
+        strings.add(value)
+    if depth >= _MAX_WALK_DEPTH or isinstance(value, torch.Tensor):
+        return
+    if isinstance(value, (tuple, list)):
+        items: Any = value
+    elif isinstance(value, Mapping):
+        items = [*value.keys(), *value.values()]
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
+    else:
+        return
+    for item in items[:_MAX_WALK_ITEMS]:
+        _parts(item, ids, strings, depth + 1)
+
+
+def _foreign(value: Any, original: Any) -> Any:
+    """The first part of ``value`` that is neither data nor a part of ``original``, or None.
+
+    Containers the graph builds (tuples, lists, dicts) and model outputs (dataclasses that are
+    mappings) are searched; every other object must be one ``original`` holds.
+    """
+    ids: Set[int] = set()
+    strings: Set[str] = set()
+    _parts(original, ids, strings)
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if id(item) in ids or isinstance(item, torch.Tensor) or type(item) in _DATA:
+            continue
+        kind = type(item)
+        if kind is str:
+            if item in strings:
+                continue
+            return item
+        if depth >= _MAX_WALK_DEPTH:
+            return item
+        if kind is tuple or kind is list or (isinstance(item, tuple) and kind.__module__ == "torch.return_types"):
+            stack.extend((v, depth + 1) for v in item)
+        elif kind is dict or (isinstance(item, dict) and dataclasses.is_dataclass(item)):
+            stack.extend((v, depth + 1) for pair in item.items() for v in pair)
+        else:
+            return item
+    return None
 
 
 def _any_tensor(value: Any) -> bool:

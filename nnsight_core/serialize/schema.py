@@ -36,7 +36,11 @@ run at each call of that range); a name of :data:`OPERATORS` for
 for ``call_function``; a module path for ``call_module``; none otherwise
 (``getitem``, ``setitem``, ``save``, ``grad``, ``set_grad``, ``backward``,
 ``stop``). A graph with a ``tracer.cond`` block cannot be written either: its
-condition is an ``apply`` of ``bool``.
+condition is an ``apply`` of ``bool``. The first argument of ``getitem``,
+``setitem``, ``getattr``, ``call_method``, ``save``, ``grad`` and ``backward`` is
+the node it acts on; ``getitem``, ``getattr`` and ``call_method`` may act on a
+tensor constant ``{"tensor": k}`` instead (in a session, a value of an earlier
+trace is a constant of the later one: ``hidden[:, -1]``, ``hidden.sum()``).
 
 ``requirements`` (optional) lists, per invoke, facts about its inputs that the
 recorded values depend on, as ``[invoke, {name: scalar}]`` (the graph's
@@ -54,7 +58,11 @@ object with exactly one of these keys: ``{"node": i}`` (an earlier node),
 ``{"size": [2, 3]}`` (a ``torch.Size``) or ``{"tensor": k}`` (entry ``k`` of
 ``tensors``). A tensor entry holds its dtype, its shape and its values
 flattened in row-major order (non-finite floats as the strings ``"nan"``,
-``"inf"``, ``"-inf"``). A tensor object used by several nodes is stored once
+``"inf"``, ``"-inf"``), or, in place of its values, ``"external": i``: tensor ``i``
+of a list given beside the document (``to_dict(graph, tensors=[])`` /
+``from_dict(document, tensors=...)``; binary data that travels next to the JSON, as
+``nnsight-remote`` sends it in safetensors), checked against the declared dtype and
+shape. A tensor object used by several nodes is stored once
 and is one shared object again after loading, so in-place edits of it keep
 their meaning. Tensors are stored by value: a ``Parameter`` becomes a plain
 tensor, and a tensor on another device is loaded on the CPU (or on
@@ -223,6 +231,7 @@ _DENIED_ATTRIBUTES = frozenset({
 _NODE_KEYS = frozenset({"op", "target", "args", "kwargs", "invoke"})
 _DOCUMENT_KEYS = frozenset({"format", "version", "rows", "iterations", "requirements", "tensors", "nodes"})
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data"})
+_EXTERNAL_TENSOR_KEYS = frozenset({"dtype", "shape", "external"})
 #: The ops a document can hold: all of OPS but ``apply``, whose target is a Python function
 #: given by the user. An op added to OPS is refused until it is added here (and tested).
 SERIALISABLE_OPS = frozenset({
@@ -239,6 +248,10 @@ _FAMILY = {"set_output": frozenset({"output", "set_output"}),
            "set_grad": frozenset({"grad", "set_grad"})}
 # Ops whose first argument is always the node they act on.
 _ON_NODE = frozenset({"getitem", "setitem", "getattr", "call_method", "save", "grad", "backward"})
+# Of those, the ops that may also act on a tensor constant (a value of an earlier trace of a session,
+# which the later trace's graph holds as data): indexing it, reading its allowed attributes and
+# calling tensor methods on it, under the same guard as any node's value.
+_ON_TENSOR = frozenset({"getitem", "getattr", "call_method"})
 _NO_TARGET = frozenset({"getitem", "setitem", "save", "grad", "set_grad", "backward", "stop"})
 _ARITY = {"output": 0, "inputs": 0, "set_output": 2, "set_inputs": 2, "set_input": 2, "skip": 2,
           "getitem": 2, "setitem": 3, "getattr": 1, "save": 1, "grad": 1, "set_grad": 2}
@@ -283,14 +296,14 @@ def _invoke_problem(invoke: Any, op: str, invokes: int) -> Optional[str]:
 
 
 def _arguments_problem(op: str, target: Any, invoke: Optional[int], args: tuple, kwargs: dict,
-                       facts: Callable[[Any], Optional[Tuple[str, Any, Optional[int]]]]
-                       ) -> Optional[Tuple[str, str]]:
+                       facts: Callable[[Any], Optional[Tuple[str, Any, Optional[int]]]],
+                       is_tensor: Callable[[Any], bool]) -> Optional[Tuple[str, str]]:
     """What is wrong with a node's arguments, as (field suffix, problem), or None.
 
     ``facts(arg)`` is ``(op, target, invoke)`` of the node an argument refers to,
-    or None when it is not a node reference. Recorded graphs always pass; the
-    checks keep a document from making a node its op cannot run on (wrong
-    arity, an edit of another module value).
+    or None when it is not a node reference; ``is_tensor(arg)`` says whether it is a
+    tensor constant. Recorded graphs always pass; the checks keep a document from
+    making a node its op cannot run on (wrong arity, an edit of another module value).
     """
     arity = OPERATORS[target] if op == "operator" else _ARITY.get(op)
     if arity is not None and (len(args) != arity or kwargs):
@@ -298,6 +311,11 @@ def _arguments_problem(op: str, target: Any, invoke: Optional[int], args: tuple,
                           f"and {len(kwargs)}"))
     first = facts(args[0]) if args else None
     if op in _ON_NODE and first is None:
+        if op in _ON_TENSOR:
+            if args and is_tensor(args[0]):
+                return None
+            return (".args[0]", f'{op} acts on a node or a tensor constant: expected {{"node": i}} or '
+                                '{"tensor": k}')
         return (".args[0]", f'{op} acts on a node: expected {{"node": i}}')
     if op in _FAMILY and (first is None or first[0] not in _FAMILY[op]
                           or (op in MODULE_VALUE_OPS and first[1:] != (target, invoke))):

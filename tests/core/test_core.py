@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import nnsight_core
-from nnsight_core import (OPS, AdapterNotFoundError, Graph, NNsightModel, ProxyControlFlowError,
-                          ValueNotSetError, hookspecs)
+from nnsight_core import (OPS, AdapterNotFoundError, Graph, NNsightModel, OutputNotReturnedError,
+                          ProxyControlFlowError, ValueNotSetError, hookspecs)
 from nnsight_core.plugins import get_plugin_manager
 from nnsight_torch import NNsight
 
@@ -50,6 +50,29 @@ def test_graph_vocabulary_is_closed_and_documented():
         assert op in ("output", "inputs") or callable(getattr(Interleaver, op)), op
     documented = inspect.getdoc(nnsight_core.graph)
     assert "vocabulary" in documented
+
+
+def test_a_backend_returns_the_output_or_the_error_reading_it_raises():
+    net = make_net()
+    model = NNsight(net)
+    x = torch.ones(1, 5)
+
+    def here(runner, keep):                       # runs the graph in this process, as a server would
+        return net(x)
+
+    with model.trace(x, backend=here) as tracer:
+        assert isinstance(tracer.output, nnsight_core.Proxy)     # inside the block: the root's output proxy
+    torch.testing.assert_close(tracer.output, net(x))
+
+    def elsewhere(runner, keep):
+        return OutputNotReturnedError("the output stayed on the server: save model.output inside the trace")
+
+    with model.trace(x, backend=elsewhere) as tracer:
+        pass
+    for _ in range(2):                            # every read raises (never a silent None)
+        with pytest.raises(OutputNotReturnedError, match="save model.output") as info:
+            tracer.output
+        assert isinstance(info.value, ValueNotSetError)
 
 
 def test_control_flow_on_a_proxy_raises_with_the_alternative():

@@ -820,3 +820,41 @@ def test_stop_round_trips_and_stops_the_loaded_run():
     assert calls == []  # the model stopped before layer2
     with torch.no_grad():
         assert_same(saved[hidden.node.index], net.layer1(x))
+
+
+def test_tensor_constants_can_travel_beside_the_document():
+    net = make_net()
+    model = NNsight(net)
+    x = torch.rand(2, 5, generator=torch.Generator().manual_seed(3))
+    shift = torch.arange(10, dtype=torch.float32) / 10
+    half = torch.tensor(0.5, dtype=torch.bfloat16)
+    with model.trace(x) as tracer:
+        model.layer1.output = model.layer1.output + shift
+        scaled = (model.layer2.output * half).save()
+        again = (model.layer2.output - shift[:2]).save()    # another tensor object: another entry
+    external = []
+    document = to_dict(tracer.graph, tensors=external)
+    assert [entry.get("external") for entry in document["tensors"]] == [0, 1, 2]
+    assert "data" not in json.dumps(document) and torch.equal(external[0], shift)
+    saved = run(model, from_dict(json.loads(json.dumps(document)), tensors=[t.clone() for t in external]), x)
+    with torch.no_grad():
+        layer2 = net.layer2(torch.sigmoid(net.layer1(x) + shift))
+    torch.testing.assert_close(saved[scaled.node.index], layer2 * half)
+    torch.testing.assert_close(saved[again.node.index], layer2 - shift[:2])
+    for tensors, match in [
+        (None, r"tensors\[0\].external: expected an index into the 0 tensor\(s\) given beside the document"),
+        (external[:2], r"tensors\[2\].external: expected an index into the 2 tensor"),
+        ([shift.double(), *external[1:]], r"declares a float32 tensor of shape \[10\], tensor 0 beside the "
+                                          r"document is a torch.float64 tensor of shape \[10\]"),
+        ([shift[:5], *external[1:]], r"tensor 0 beside the document is a torch.float32 tensor of shape \[5\]"),
+        (["text", *external[1:]], r"tensor 0 beside the document is a string"),
+    ]:
+        with pytest.raises(GraphFormatError, match=match):
+            from_dict(document, tensors=tensors)
+    document["tensors"][2]["external"] = 0
+    with pytest.raises(GraphFormatError, match=r"tensors\[2\].external: tensor 0 beside the document is named by "
+                                               "two entries"):
+        from_dict(document, tensors=external)
+    del document["tensors"][1]["external"]
+    with pytest.raises(GraphFormatError, match=r"tensors\[1\]: missing key\(s\) \['data'\]"):
+        from_dict(document, tensors=external)

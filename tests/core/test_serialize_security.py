@@ -432,3 +432,66 @@ def test_totals_and_ops_are_counted_over_the_run():
 def test_limits_must_be_positive_integers(field):
     with pytest.raises(GraphLimitError, match=f"Limits.{field} must be an integer >= 1, got 0"):
         Limits(**{field: 0})
+
+
+# -- tensor constants as subjects (a session's earlier values) -----------------------------------
+
+CONSTANT = {"dtype": "float32", "shape": [2, 10], "data": [float(v) for v in range(20)]}
+
+
+def on_constant(node):
+    """``node`` acting on tensor constant 0 instead of a node (as a session's later trace records it)."""
+    node = dict(node)
+    node["args"] = [{"tensor": 0}, *node["args"][1:]]
+    return node
+
+
+def test_a_tensor_constant_may_be_indexed_and_called_like_a_value():
+    c = torch.arange(20, dtype=torch.float32).reshape(2, 10)
+    doc = document(output(), on_constant(getitem(0, {"tuple": [{"slice": [None, None, None]}, -1]})),
+                   on_constant(method(0, "sum", dim=0)), on_constant(getattr_(0, "T")),
+                   {"op": "operator", "target": "add", "args": [ref(0), ref(2)]},
+                   {"op": "set_output", "target": ["layer1", 0], "invoke": 0, "args": [ref(0), ref(4)]},
+                   save(1), save(3), {"op": "output", "target": ["layer2", 0], "invoke": 0}, save(8))
+    doc["tensors"] = [CONSTANT]
+    net = make_net()
+    saved = run(NNsight(net), from_dict(doc), X)
+    with torch.no_grad():
+        expected = net.layer2(torch.sigmoid(net.layer1(X) + c.sum(dim=0)))
+    torch.testing.assert_close(saved[6], c[:, -1])
+    torch.testing.assert_close(saved[7], c.T)
+    torch.testing.assert_close(saved[9], expected)
+
+
+@pytest.mark.parametrize("node, match", [
+    (on_constant({"op": "setitem", "args": [ref(0), 0, 1.0]}), r"setitem acts on a node: expected"),
+    (on_constant(save(0)), r"save acts on a node: expected"),
+    (on_constant({"op": "backward", "args": [ref(0)]}), r"backward acts on a node: expected"),
+    ({"op": "getitem", "args": [{"list": [1, 2]}, 0]}, r"getitem acts on a node or a tensor constant"),
+    ({"op": "getitem", "args": ["text", 0]}, r"getitem acts on a node or a tensor constant"),
+    ({"op": "call_method", "target": "sum", "args": [{"tuple": [1, 2]}]}, r"call_method acts on a node or a tensor"),
+    ({"op": "getattr", "target": "shape", "args": [{"dtype": "float32"}]}, r"getattr acts on a node or a tensor"),
+    (on_constant(method(0, "numpy")), r'"numpy" is not in nnsight_core.serialize.TENSOR_METHODS'),
+    (on_constant(getattr_(0, "__class__")), r'"__class__" is not a public attribute name'),
+], ids=["setitem", "save", "backward", "list", "string", "tuple-method", "dtype-attribute", "numpy", "dunder"])
+def test_constants_other_than_tensors_are_refused_as_subjects(node, match):
+    doc = document(output(), node)
+    doc["tensors"] = [CONSTANT]
+    with pytest.raises(GraphFormatError, match=match):
+        from_dict(doc)
+
+
+@pytest.mark.parametrize("tail, error, match", [
+    ([on_constant(getattr_(0, "data"))], GraphAccessError, "reads the attribute 'data'"),
+    ([on_constant(getattr_(0, "grad_fn"))], GraphAccessError, "reads the attribute 'grad_fn'"),
+    ([on_constant(method(0, "repeat", 100, 100))], GraphLimitError, "a tensor of 200000 elements"),
+    ([on_constant(method(0, "expand", 1000, 2, 10)), method(1, "contiguous")], GraphLimitError,
+     r"node %2 .*a tensor of 20000 elements"),
+    ([on_constant(method(0, "new_zeros", {"tuple": [10**6, 10**6]}))], GraphLimitError, "max_elements_per_tensor"),
+    ([on_constant(getitem(0, {"tensor": 1}))], GraphLimitError, "a tensor of 10000 elements"),
+], ids=["data", "grad_fn", "repeat", "expand-contiguous", "new_zeros", "advanced index"])
+def test_a_tensor_constant_stays_under_the_guard_and_the_limits(tail, error, match):
+    doc = document(output(), *tail)
+    doc["nodes"].append(save(len(doc["nodes"]) - 1))
+    doc["tensors"] = [CONSTANT, {"dtype": "int64", "shape": [1000], "data": [0] * 1000}]
+    refused(doc, error, match, limits=SMALL)

@@ -1,7 +1,7 @@
 """One Ray Serve server for the whole remote suite: a local Ray cluster on 2 CPUs, started once.
 
-It serves the tiny MLP (``mlp``, 2 replicas), a tiny GPT-2 (by its folder), a tiny
-Stable Diffusion pipeline (by its folder) and a deliberately slow model (``slow``),
+It serves the tiny MLP (``mlp``, 2 replicas), a tiny GPT-2 and a tiny Llama (by their
+folders), a tiny Stable Diffusion pipeline (by its folder) and a deliberately slow model (``slow``),
 with API keys and small limits, on 127.0.0.1. Starting Ray and the replicas takes
 about half a minute; every test of tests/remote shares it, and the session's end
 shuts Serve and Ray down.
@@ -19,12 +19,12 @@ ray = pytest.importorskip("ray")
 
 from nnsight_remote import RemoteBackend, ServerLimits  # noqa: E402
 from nnsight_remote.auth import KeyStore, add_key  # noqa: E402
-from nnsight_remote.serve import parse_model, start  # noqa: E402
+from nnsight_remote.serve import RAY_SYSTEM_CONFIG, parse_model, start  # noqa: E402
 
 from tests.helpers import save_tiny_lms  # noqa: E402
 
 LIMITS = ServerLimits(max_nodes=400, max_saved_bytes=2**20, max_new_tokens=16, max_seconds=2.0,
-                      max_concurrent_per_key=8, max_body_bytes=2**20,
+                      max_concurrent_per_key=8, max_body_bytes=2**20, max_source_depth=2,
                       allowed_kwargs=ServerLimits.allowed_kwargs | {"steps"})
 
 
@@ -33,6 +33,7 @@ class Server:
     url: str
     key: str
     gpt2: str
+    llama: str
     sd: str
 
     def backend(self, model: str | None = None, **kwargs) -> RemoteBackend:
@@ -50,19 +51,20 @@ def _free_port() -> int:
 def server(tmp_path_factory) -> Server:
     from nnsight_diffusers.testing import tiny_stable_diffusion
 
-    gpt2 = save_tiny_lms(tmp_path_factory.mktemp("remote_lms"))["gpt2"]
+    lms = save_tiny_lms(tmp_path_factory.mktemp("remote_lms"))
     sd = tiny_stable_diffusion(tmp_path_factory.mktemp("remote_sd"))
     keys = tmp_path_factory.mktemp("keys") / "api-keys"
     key = add_key(str(keys), "tester")
 
-    specs = [parse_model("mlp=nnsight_remote.testing:mlp"), parse_model(str(gpt2)),
-             parse_model(str(sd), wrapper="DiffusionModel"), parse_model("slow=nnsight_remote.testing:slow")]
+    specs = [parse_model("mlp=nnsight_remote.testing:mlp"), parse_model(lms["gpt2"]),
+             parse_model(str(sd), wrapper="DiffusionModel"), parse_model("slow=nnsight_remote.testing:slow"),
+             parse_model(lms["llama"])]
     specs[0] = type(specs[0])(**{**specs[0].__dict__, "replicas": 2})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=RAY_SYSTEM_CONFIG)
     try:
         url = start(specs, port=_free_port(), keys=KeyStore.load(str(keys)), limits=LIMITS, replicas=1,
                     actor_options={"num_cpus": 0})
-        yield Server(url, key, str(gpt2), str(sd))
+        yield Server(url, key, lms["gpt2"], lms["llama"], str(sd))
     finally:
         from ray import serve
 

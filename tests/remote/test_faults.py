@@ -46,7 +46,7 @@ def test_healthz_needs_no_key(server):
 def test_models_lists_module_trees_and_versions(server):
     listed = server.backend().models()
     by_key = {entry["key"]: entry for entry in listed["models"]}
-    assert set(by_key) == {"mlp", server.gpt2, server.sd, "slow"}
+    assert set(by_key) == {"mlp", server.gpt2, server.llama, server.sd, "slow"}
     assert ["layer1", "Linear"] in by_key["mlp"]["modules"]
     assert by_key[server.gpt2]["wrapper"] == "LanguageModel"
     assert listed["versions"]["protocol"] == wire.PROTOCOL

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nnsight_core import OutputNotReturnedError
 from nnsight_diffusers import DiffusionModel
 from nnsight_torch import NNsight
 from nnsight_transformers import LanguageModel
@@ -16,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 
 from nnsight_remote.testing import mlp
 
-from tests.helpers import LONG, MID, SHORT
+from tests.helpers import LONG, MID, SHORT, look_inside_attention
 
 pytestmark = pytest.mark.filterwarnings("ignore:the server could not send back")
 
@@ -165,6 +166,18 @@ def test_a_model_output_comes_back_as_its_class(server):
     torch.testing.assert_close(remote.logits, local.logits)
 
 
+def test_tracer_output_after_a_remote_trace_says_to_save_model_output(server):
+    model, backend = NNsight(mlp()), server.backend("mlp")
+    with model.trace(torch.ones(1, 5), backend=backend) as tracer:
+        out = model.output.save()
+    with pytest.raises(OutputNotReturnedError, match=r"out = model.output.save\(\)"):
+        tracer.output
+    torch.testing.assert_close(out.value, mlp()(torch.ones(1, 5)))
+    stats = backend.last                                  # what the request cost
+    assert stats.request_bytes > 0 and stats.response_bytes >= 2 * 4
+    assert 0 < stats.server_seconds < stats.seconds
+
+
 def test_remote_true_reads_the_environment(server, monkeypatch):
     monkeypatch.setenv("NNSIGHT_REMOTE_URL", server.url)
     monkeypatch.setenv("NNSIGHT_API_KEY", server.key)
@@ -175,22 +188,76 @@ def test_remote_true_reads_the_environment(server, monkeypatch):
     with local.trace(SHORT):
         expected = local.lm_head.output.save()
     torch.testing.assert_close(logits.value, expected.value)
-    # A value of an earlier trace is a constant in the later graph; the JSON schema lets
-    # constants into functions and operators (torch.select), not under indexing (hidden[:, -1]).
+    # A value of an earlier trace is a tensor constant in the later graph: indexed, called and
+    # passed to functions as a value of this trace is.
     with model.session(remote=True):                     # every trace of the block runs remotely
         with model.trace(SHORT):
             hidden = model.lm_head.input                   # (1, tokens, hidden)
         with model.trace(MID):
-            model.lm_head.input[:, -1] = torch.select(hidden, 1, -1)
+            model.lm_head.input[:, -1] = hidden[:, -1] + torch.select(hidden, 1, 0) * hidden.mean()
             patched = model.lm_head.output.save()
     with local.session():
         with local.trace(SHORT):
             hidden = local.lm_head.input
         with local.trace(MID):
-            local.lm_head.input[:, -1] = torch.select(hidden, 1, -1)
+            local.lm_head.input[:, -1] = hidden[:, -1] + torch.select(hidden, 1, 0) * hidden.mean()
             expected = local.lm_head.output.save()
     torch.testing.assert_close(patched.value, expected.value)
     assert not model.dispatched
+
+
+# -- inside forwards, skipping, names ------------------------------------------------------------
+
+
+def llama_source(model, backend):
+    with model.trace(MID, backend=backend):
+        attn = model.model.layers[0].self_attn
+        query = attn.source.q_proj_0.output.save()
+        rotated = attn.source.apply_rotary_pos_emb_0.output[0].save()
+        attn.source.o_proj_0.input = attn.source.o_proj_0.input * 0.5      # an edit inside the forward
+        scores = attn.source.attention_interface_0.source.scaled_dot_product_attention_0.output.save()
+        logits = model.lm_head.output.save()
+    return query.value, rotated.value, scores.value, logits.value
+
+
+def llama_skip(model, backend):
+    with model.trace(backend=backend) as tracer:
+        with tracer.invoke(LONG):
+            model.model.layers[1].skip(model.model.layers[0].output)
+            skipped = model.lm_head.output.t[-1].save()
+        with tracer.invoke(SHORT):                                         # runs layer 1
+            ran = model.lm_head.output.t[-1].save()
+    return skipped.value, ran.value
+
+
+def llama_standard_names(model, backend):
+    with model.trace(MID, backend=backend):
+        attn = model.layers[0].attn.output[0].save()
+        model.layers[1].mlp.output[:] = 0
+        final = model.ln_final.output.save()
+        logits = model.lm_head.output.save()
+    return attn.value, final.value, logits.value
+
+
+@pytest.mark.parametrize("case", [llama_source, llama_skip, llama_standard_names])
+def test_source_skip_and_names_parity(server, case):
+    look_inside_attention(LanguageModel(server.llama))        # the nested .source path needs its callee
+    local, remote, client = both(lambda: LanguageModel(server.llama), case, server.backend(server.llama))
+    assert_same(local, remote)
+    assert not client.dispatched
+
+
+def test_a_rename_alias_travels_as_the_real_path(server):
+    def case(model, backend):
+        with model.trace(torch.ones(2, 5), backend=backend) as tracer:
+            model.first.output[:, 0] = 1
+            out = model.output.save()
+        return out.value, [node.target for node in tracer.graph.nodes if node.op in ("output", "set_output")]
+
+    (local, local_paths), (remote, remote_paths), _ = both(lambda: NNsight(mlp(), rename={"layer1": "first"}),
+                                                           case, server.backend("mlp"))
+    assert_same(local, remote)
+    assert ("layer1", 0) in remote_paths and not any("first" in path for path, _ in remote_paths)
 
 
 # -- DiffusionModel -----------------------------------------------------------------------------

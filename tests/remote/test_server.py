@@ -4,6 +4,7 @@ raises its own error, and the errors survive the trip to the client as the same 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -170,7 +171,7 @@ def test_version_skew_names_both_versions():
         server.validate(wire.pack(header, tensors))
     body = bytearray(build_request(tracer, "net", False))
     body[4] = 7                                   # protocol 7
-    with pytest.raises(VersionSkewError, match="protocol 7.*protocol 1"):
+    with pytest.raises(VersionSkewError, match=f"protocol 7.*protocol {wire.PROTOCOL}"):
         server.validate(bytes(body))
 
 
@@ -338,3 +339,151 @@ def test_invoke_keyword_arguments_are_an_allow_list(tmp_path):
         with tracer.invoke("Paris is the city of", truncation=True, max_length=2):
             ids = client.transformer.wte.input.save()
     assert ids.value.shape == (1, 2)
+
+
+# -- inside forwards (.source) ------------------------------------------------------------------
+
+
+class Lookup(torch.nn.Module):
+    """Looks its activation up by name, as some model code does: ``act = getattr(torch, name)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+        self.name = "sigmoid"
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        act = getattr(torch, self.name)
+        return act(self.net(x))
+
+
+def _mutated(backend, tracer, mutate):
+    header, tensors = wire.unpack(build_request(tracer, backend.server.key, False))
+    mutate(header)
+    return wire.pack(header, tensors)
+
+
+def test_call_sites_run_remotely_as_locally():
+    server = ModelServer(NNsight(Lookup()), "net")
+    backend, client, local = InProcess(server), NNsight(Lookup()), NNsight(Lookup())
+    x = torch.rand(2, 5, generator=torch.Generator().manual_seed(0))
+    values = []
+    for model, run_on in ((local, None), (client, backend)):
+        with model.trace(x, backend=run_on):
+            model.source.act_0.input = model.source.act_0.input * 2
+            values.append(model.output.save())
+    module = Lookup()
+    torch.testing.assert_close(values[1].value, torch.sigmoid(module.net(x) * 2))
+    torch.testing.assert_close(values[1].value, values[0].value)
+
+
+@pytest.mark.parametrize("path, match", [
+    ("source.nope_0", r"source.nope_0 does not exist: the forward of model \(.*Lookup.forward\) has the call "
+                      r"sites getattr_0, act_0, net_0"),
+    ("net.layer1.source.linear_1", r"net.layer1.source.linear_1 does not exist"),
+    ("source.net_0.source.linear_0", r"source.net_0.source: this call site calls a module \(Sequential\)"),
+], ids=["missing", "missing-in-submodule", "module-callee"])
+def test_call_sites_the_model_lacks_are_refused_before_running(path, match):
+    from nnsight_core.errors import SourceError
+    module = Lookup()
+    server = ModelServer(NNsight(module), "net", ServerLimits(max_source_depth=2))
+    client = NNsight(Lookup())
+    with client.trace(torch.ones(1, 5), backend=lambda runner, keep: None) as tracer:
+        client.source.act_0.output.save()
+    body = _mutated(InProcess(server), tracer, lambda h: h["graph"]["nodes"][0]["target"].__setitem__(0, path))
+    frames = list(server.handle(body))
+    assert frames[-1][0] == b"E"
+    name, message = parse_error(frames[-1][1])
+    assert name == SourceError.__name__ and re.search(match, message), message
+    assert module.calls == 0
+
+
+def test_call_sites_deeper_than_the_server_allows_are_refused(tmp_path):
+    from nnsight_transformers import LanguageModel
+    from tests.helpers import look_inside_attention, save_tiny_lms
+    folder = save_tiny_lms(tmp_path)["llama"]
+    server = ModelServer(LanguageModel(folder), folder)                  # max_source_depth=1
+    client = LanguageModel(folder)
+    look_inside_attention(server.model)                                  # learns what attention_interface is
+    attn = client.model.layers[0].self_attn
+    with pytest.raises(GraphAccessError, match=r"2 level\(s\) deep inside forwards .*allows 1.*--max-source-depth"):
+        with client.trace("Paris", backend=InProcess(server)):
+            attn.source.attention_interface_0.source.scaled_dot_product_attention_0.output.save()
+    with client.trace("Paris", backend=InProcess(server)):
+        query = attn.source.q_proj_0.output.save()
+    assert query.value.shape[-1] == 32
+    # A config reaches the graph as a call site's input: it is opaque, and does not travel back.
+    with client.trace("Paris", backend=InProcess(server)):
+        config = client.model.source.create_causal_mask_0.inputs[1]["config"].save()
+    assert config.value is None
+    with pytest.raises(GraphAccessError, match="reads the attribute 'vocab_size' of a .*LlamaConfig"):
+        with client.trace("Paris", backend=InProcess(server), scan=False):
+            client.model.source.create_causal_mask_0.inputs[1]["config"].vocab_size.save()
+
+
+# An edit hands the model only data, or parts of the value it replaces: a string (a name the model's
+# code looks up) or an object read at another hook point (a module, a function) is refused.
+@pytest.mark.parametrize("record, match", [
+    (lambda m: setattr(m.source.getattr_0, "inputs", ((m.source.getattr_0.inputs[0][0], "save"), {})),
+     "assigns a str"),
+    (lambda m: setattr(m.source.getattr_0, "output", m.source.getattr_0.inputs[0][0]), "assigns a module"),
+    (lambda m: setattr(m.source.act_0, "inputs", ((m.source.getattr_0.output,), {})), "assigns a builtin"),
+    (lambda m: m.net.layer1.inputs[1].__setitem__("extra", "text"), "stores a str"),
+    (lambda m: m.net.layer2.skip((m.net.layer1.output, m.source.getattr_0.inputs[0][0])), "assigns a module"),
+], ids=["new-name", "object-as-output", "function-as-input", "string-into-kwargs", "object-as-skip"])
+def test_edits_hand_the_model_data_only(record, match):
+    module = Lookup()
+    server = ModelServer(NNsight(module), "net")
+    client = NNsight(Lookup())
+    with pytest.raises(GraphAccessError, match=match):
+        with client.trace(torch.ones(1, 5), backend=InProcess(server), scan=False):
+            record(client)
+    assert module.name == "sigmoid" and sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
+                                            for m in module.modules()) == 0
+    with client.trace(torch.ones(1, 5), backend=InProcess(server)):
+        out = client.output.save()
+    torch.testing.assert_close(out.value, torch.sigmoid(module.net(torch.ones(1, 5))))
+
+
+def test_the_new_name_route_is_real_when_unguarded():
+    module = Lookup()
+    model = NNsight(module)
+    with model.trace(torch.ones(1, 5)):                 # a local trace: the model calls what the graph names
+        model.source.getattr_0.inputs = ((model.source.getattr_0.inputs[0][0], "relu"), {})
+        out = model.output.save()
+    torch.testing.assert_close(out.value, torch.relu(module.net(torch.ones(1, 5))))
+
+
+
+def test_a_sessions_constants_travel_as_safetensors_and_are_checked():
+    server = ModelServer(NNsight(mlp()), "net")
+    client = NNsight(mlp())
+    hidden = torch.rand(1, 10, generator=torch.Generator().manual_seed(2))
+    with client.trace(torch.ones(1, 5), backend=lambda runner, keep: None) as tracer:
+        client.layer1.output = hidden                              # a tensor constant of the graph
+        out = client.output.save()
+    body = build_request(tracer, "net", False)
+    header, tensors = wire.unpack(body)
+    assert header["graph"]["tensors"] == [{"dtype": "float32", "shape": [1, 10], "external": 0}]
+    assert header["constants"] == {"list": [{"tensor": "t1"}]} and torch.equal(tensors["t1"], hidden)
+    frames = dict(server.handle(body))
+    values = wire.decode_value(wire.unpack(frames[b"R"], "response")[0]["values"][0][1],
+                               wire.unpack(frames[b"R"], "response")[1])
+    net = mlp()
+    torch.testing.assert_close(values, net.sigma2(net.layer2(net.sigma1(hidden))))
+    assert out.node.index == wire.unpack(frames[b"R"], "response")[0]["values"][0][0]
+    for mutate, match in [
+        (lambda h, t: h.__setitem__("constants", {"list": []}), r"tensors\[0\].external: expected an index into "
+                                                               r"the 0 tensor\(s\)"),
+        (lambda h, t: t.__setitem__("t1", torch.zeros(2, 10)), r"declares a float32 tensor of shape \[1, 10\], "
+                                                               r"tensor 0 beside the document is a torch.float32 "
+                                                               r"tensor of shape \[2, 10\]"),
+        (lambda h, t: h.__setitem__("constants", {"list": ["text"]}), r"beside the document is a string"),
+        (lambda h, t: h.__setitem__("constants", {"tuple": []}), r"'constants' is a list of tensors"),
+    ]:
+        header, tensors = wire.unpack(body)
+        mutate(header, tensors)
+        with pytest.raises(GraphFormatError, match=match):
+            server.validate(wire.pack(header, tensors))

@@ -30,7 +30,12 @@ def eager(tiny):
     from nnsight_transformers import LanguageModel
 
     hf = AutoModelForCausalLM.from_pretrained(tiny.folder, attn_implementation="eager").eval()
-    return LanguageModel(tiny.folder, attn_implementation="eager"), hf
+    lm = LanguageModel(tiny.folder, attn_implementation="eager")
+    # What attention_interface_0 calls is a local variable: envoys learn it from the latest execution
+    # that looked inside this forward in the process (another test may have run sdpa last).
+    with torch.no_grad(), lm.trace(SHORT):
+        envoy(lm, ATTN[tiny.arch]).source.attention_interface_0.output.save()
+    return lm, hf
 
 
 def raw_pattern(tiny, hf, prompt):

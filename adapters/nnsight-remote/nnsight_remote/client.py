@@ -22,12 +22,12 @@ import re
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
 
 import httpx
 import nnsight_core.errors as _errors
 import torch
-from nnsight_core.errors import InputError, RemoteError
+from nnsight_core.errors import InputError, OutputNotReturnedError, RemoteError
 from nnsight_core.graph import Graph, format_location
 from nnsight_core.serialize import VERSION as GRAPH_SCHEMA
 from nnsight_core.serialize import to_dict
@@ -40,7 +40,7 @@ from .wire import (PROTOCOL, Unencodable, decode_value, encode_value, output_cla
 if TYPE_CHECKING:
     from nnsight_core import NNsightModel, Runner
 
-__all__ = ["RemoteBackend", "build_request", "model_key_of", "remote_exception", "URL_ENV", "KEY_ENV"]
+__all__ = ["RemoteBackend", "RequestStats", "build_request", "model_key_of", "remote_exception", "URL_ENV", "KEY_ENV"]
 
 #: Environment variable with the server's URL (``remote=True`` reads it).
 URL_ENV = "NNSIGHT_REMOTE_URL"
@@ -76,6 +76,10 @@ class RemoteBackend:
             as they happen (the server then also streams when the replica starts running),
             False never, None (default) one line at the end of a request that took 2 s.
 
+    Attributes:
+        last: The :class:`RequestStats` of the latest request that got a result (from any
+            thread using this backend), or None.
+
     Raises:
         RemoteError: No URL given and ``$NNSIGHT_REMOTE_URL`` unset.
     """
@@ -94,6 +98,7 @@ class RemoteBackend:
         # One connection pool per backend (thread-safe): a new TCP connection and client per
         # request would cost about 20 ms on loopback.
         self._http = httpx.Client(timeout=timeout)
+        self.last: Optional[RequestStats] = None
 
     def headers(self) -> Dict[str, str]:
         """The HTTP headers of a request: the API key and the versions the server checks."""
@@ -113,9 +118,13 @@ class RemoteBackend:
             raise remote_exception(*parse_error(response.content))
         return response.json()
 
-    def __call__(self, runner: Runner, keep: bool) -> Any:
-        """Run ``runner``'s trace on the server, fill its ``trace_state``; the output is None
-        (save ``model.output`` to get it)."""
+    def __call__(self, runner: Runner, keep: bool) -> OutputNotReturnedError:
+        """Run ``runner``'s trace on the server and fill its ``trace_state``.
+
+        The server sends back saved values only, so the model's output is not returned:
+        reading ``tracer.output`` afterwards raises the
+        :class:`~nnsight_core.errors.OutputNotReturnedError` this returns (save
+        ``model.output`` inside the trace instead)."""
         key = self.model or model_key_of(runner.model_wrapper)
         body = build_request(runner, key, keep)
         values, ran, skipped, dropped = self.send(body, key, runner.graph)
@@ -125,7 +134,10 @@ class RemoteBackend:
             warnings.warn(f"the server could not send back parts of saved values that are not data "
                           f"(e.g. a KV cache object): {', '.join(dropped[:8])}{' ...' if len(dropped) > 8 else ''} "
                           "came back as None.", stacklevel=3)
-        return None
+        return OutputNotReturnedError(
+            f"tracer.output is not sent back by a remote trace (model {key!r} ran on {self.url}): the server "
+            "returns saved values only. Save the model's output inside the trace, `out = model.output.save()`, "
+            "and read out.value.")
 
     def send(self, body: bytes, key: str, graph: Optional[Graph] = None) -> Tuple[Dict[int, Any], list, frozenset, list]:
         """POST one request; its values, which nodes ran, which were skipped, what was dropped.
@@ -139,11 +151,18 @@ class RemoteBackend:
             headers["X-NNsight-Progress"] = "1"
         started = time.monotonic()
         status = _Progress(key, self.progress, started)
+        received = [0]
+
+        def counted(chunks: Any) -> Any:
+            for chunk in chunks:
+                received[0] += len(chunk)
+                yield chunk
+
         try:
             with self._http.stream("POST", f"{self.url}/v1/trace", content=body, headers=headers) as response:
                 if response.status_code != 200:
                     raise remote_exception(*parse_error(response.read()), graph=graph)
-                for kind, payload in read_frames(response.iter_bytes(), 2**40):
+                for kind, payload in read_frames(counted(response.iter_bytes()), 2**40):
                     if kind == b"S":
                         status.update(payload)
                     elif kind == b"E":
@@ -151,7 +170,10 @@ class RemoteBackend:
                         raise remote_exception(*parse_error(payload), graph=graph)
                     else:
                         status.done("done")
-                        return _results(payload)
+                        *results, server_seconds = _results(payload)
+                        self.last = RequestStats(len(body), received[0], time.monotonic() - started,
+                                                 server_seconds)
+                        return tuple(results)
         except httpx.HTTPError as error:
             raise self._unreachable(error) from None
         except _errors.GraphFormatError as error:
@@ -168,14 +190,34 @@ class RemoteBackend:
                            f"{URL_ENV}.")
 
 
-def _results(payload: bytes) -> Tuple[Dict[int, Any], list, frozenset, list]:
+class RequestStats(NamedTuple):
+    """What one request cost (``RemoteBackend.last``): bytes each way and seconds.
+
+    Attributes:
+        request_bytes: The request body.
+        response_bytes: The answer, all frames.
+        seconds: From sending the request to reading its result, on the client.
+        server_seconds: The replica's run of it: preparing the inputs, running the model with
+            the graph, encoding the saved values (the rest is HTTP, Serve's routing, queueing
+            and the client's decoding).
+    """
+
+    request_bytes: int
+    response_bytes: int
+    seconds: float
+    server_seconds: float
+
+
+def _results(payload: bytes) -> Tuple[Dict[int, Any], list, frozenset, list, float]:
     header, tensors = unpack(payload, "response")
     outputs = output_classes()
     values = {}
     for index, raw in header.get("values", []):
         values[int(index)] = decode_value(raw, tensors, f"%{index}", outputs)
     ran = [c == "1" for c in header.get("ran", "")]
-    return values, ran, frozenset(header.get("skipped", [])), list(header.get("dropped", []))
+    seconds = header.get("seconds")
+    return (values, ran, frozenset(header.get("skipped", [])), list(header.get("dropped", [])),
+            float(seconds) if type(seconds) in (int, float) else 0.0)
 
 
 class _Progress:
@@ -227,9 +269,11 @@ def build_request(runner: Runner, key: str, keep: bool) -> bytes:
     invokes = [{"inputs": encode(tuple(invoker.inputs), f"invoke {k}'s inputs")["tuple"],
                 "kwargs": {name: encode(value, f"invoke {k}'s {name}=") for name, value in invoker.kwargs.items()}}
                for k, invoker in enumerate(runner.invokers)]
+    constants: List[torch.Tensor] = []  # the graph's tensor constants travel as safetensors, not JSON numbers
+    document = to_dict(runner.graph, tensors=constants)
     header = {"model": key, "method": runner.method, "keep": keep, "grad": torch.is_grad_enabled(),
               "client": {"nnsight_remote": __version__, "graph_schema": GRAPH_SCHEMA, "protocol": PROTOCOL},
-              "graph": to_dict(runner.graph), "invokes": invokes,
+              "graph": document, "constants": encode(constants, "the graph's tensor constants"), "invokes": invokes,
               "kwargs": {name: encode(value, f"{name}=") for name, value in runner.execution_kwargs.items()}}
     return pack(header, tensors)
 

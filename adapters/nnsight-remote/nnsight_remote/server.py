@@ -8,7 +8,8 @@ node count, the model key, the module paths, the invokes' inputs, the keyword
 arguments (an allow-list) and ``max_new_tokens``. The graph then runs through the
 model's ``run_graph`` under :class:`~nnsight_core.serialize.GuardedInterleaver`
 (what a loaded graph may reach, and its :class:`~nnsight_core.serialize.Limits`),
-with a wall-time limit that cancels the run at the model's next module call.
+with a wall-time limit that cancels the run at the model's next call of a block (see
+:func:`cancel_points`).
 
 Example:
     >>> server = ModelServer(model, "mlp")
@@ -31,19 +32,20 @@ from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import torch
 from nnsight_core import NNsightModel
-from nnsight_core.errors import (GenerationLengthError, GraphFormatError, InputError, ModelKeyError, NNsightError,
-                                 NodeLimitError, RequestSizeError, RequestTimeoutError, SavedBytesError,
-                                 VersionSkewError)
-from nnsight_core.graph import Graph
+from nnsight_core.errors import (GenerationLengthError, GraphAccessError, GraphFormatError, InputError,
+                                 ModelKeyError, NNsightError, NodeLimitError, RequestSizeError, RequestTimeoutError,
+                                 SavedBytesError, VersionSkewError)
+from nnsight_core.graph import MODULE_VALUE_OPS, Graph
 from nnsight_core.serialize import VERSION as GRAPH_SCHEMA
 from nnsight_core.serialize import GuardedInterleaver, Limits, from_dict
+from nnsight_core.source import split_path
 
 from . import __version__
 from .wire import PROTOCOL, decode_value, encode_value, pack, parse_json, unpack
 
 __all__ = ["ServerLimits", "ModelServer", "Request", "DEFAULT_KWARGS", "DEFAULT_INVOKER_KWARGS",
            "DEFAULT_KWARG_BOUNDS", "error_payload", "parse_error", "versions",
-           "check_versions"]
+           "check_versions", "cancel_points"]
 
 #: Keyword arguments a request may pass to the model's execution (``trace``/``generate``
 #: kwargs): generation and sampling settings, diffusion settings, output switches. Anything
@@ -84,10 +86,14 @@ class ServerLimits:
             (:class:`~nnsight_core.errors.SavedBytesError`).
         max_new_tokens: Most new tokens a generation may ask for; a generation must name
             ``max_new_tokens`` (:class:`~nnsight_core.errors.GenerationLengthError`).
-        max_seconds: Wall time of one run; it is cancelled at the next module call after
-            it (:class:`~nnsight_core.errors.RequestTimeoutError`).
+        max_seconds: Wall time of one run; it is cancelled at the next call of a block after
+            it (:func:`cancel_points`; :class:`~nnsight_core.errors.RequestTimeoutError`).
         max_concurrent_per_key: Requests one API key may have in flight at once
             (:class:`~nnsight_core.errors.ConcurrencyLimitError`).
+        max_source_depth: How deep a graph may look inside forwards (``.source``): 1 reaches
+            the call sites of a module's own forward, 2 also those of the plain functions
+            they call (library code beyond the model's), 0 none
+            (:class:`~nnsight_core.errors.GraphAccessError`).
         graph: The :class:`~nnsight_core.serialize.Limits` of what the graph's own nodes compute.
         allowed_kwargs: Keyword arguments a request may pass to the model's execution.
         allowed_invoker_kwargs: Keyword arguments an invoke may pass to its input preparation.
@@ -100,6 +106,7 @@ class ServerLimits:
     max_new_tokens: int = 512
     max_seconds: float = 60.0
     max_concurrent_per_key: int = 4
+    max_source_depth: int = 1
     graph: Limits = dataclasses.field(default_factory=Limits)
     allowed_kwargs: FrozenSet[str] = DEFAULT_KWARGS
     allowed_invoker_kwargs: FrozenSet[str] = DEFAULT_INVOKER_KWARGS
@@ -121,14 +128,12 @@ class Request:
     grad: bool = True
 
 
-_REQUEST_KEYS = frozenset({"model", "method", "keep", "grad", "client", "graph", "invokes", "kwargs"})
+_REQUEST_KEYS = frozenset({"model", "method", "keep", "grad", "client", "graph", "constants", "invokes", "kwargs"})
 # Methods a request may run: the forward pass, or the wrapper's generate.
 _METHODS = (None, "generate")
-# The deadline of the run in this thread (the global module hook reads it).
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
+# The deadline of the run in this thread (the deadline hooks read it).
 _deadline = threading.local()
-_hook_lock = threading.Lock()
-_hook_users = 0
-_hook_handle: Any = None
 
 
 class ModelServer:
@@ -148,6 +153,7 @@ class ModelServer:
         self.model = model
         self.key = key
         self.limits = limits or ServerLimits()
+        self._points: Tuple[Any, List[torch.nn.Module]] = (None, [])  # (root module, its cancel points)
 
     def describe(self) -> Dict[str, Any]:
         """The model's key, wrapper class, module tree (``[path, class name]``) and versions."""
@@ -169,11 +175,13 @@ class ModelServer:
         yield b"R", result
 
     def validate(self, body: bytes) -> Request:
-        """Check the whole request before anything runs.
+        """Check the whole request before anything runs (module paths and call sites the model
+        lacks are refused by :meth:`run`, also before anything runs).
 
         Raises:
             RequestSizeError, VersionSkewError, GraphFormatError, NodeLimitError,
-            ModelKeyError, InputError, GenerationLengthError, EnvoyAttributeError: as named.
+            ModelKeyError, InputError, GenerationLengthError: as named.
+            GraphAccessError: A call site deeper inside forwards than ``max_source_depth``.
         """
         limits = self.limits
         if len(body) > limits.max_body_bytes:
@@ -200,7 +208,11 @@ class ModelServer:
         if type(nodes) is list and len(nodes) > limits.max_nodes:
             raise NodeLimitError(f"the graph has {len(nodes)} nodes, more than this server's limit of "
                                  f"{limits.max_nodes}: split the work into several traces.")
-        graph = from_dict(document)
+        constants = decode_value(header.get("constants", {"list": []}), tensors, "constants")
+        if type(constants) is not list:
+            raise GraphFormatError("the request's 'constants' is a list of tensors.")
+        graph = from_dict(document, tensors=constants)
+        self._check_sources(graph)
         invokes = header.get("invokes")
         if type(invokes) is not list or len(invokes) != len(graph.rows):
             raise GraphFormatError(f"the request has {len(invokes) if type(invokes) is list else 'no'} "
@@ -238,6 +250,19 @@ class ModelServer:
                     f"(this server's limit), got {wanted!r}: pass e.g. max_new_tokens=20.")
         return Request(graph, inputs, invoker_args, kwargs, method, keep, grad)
 
+    def _check_sources(self, graph: Graph) -> None:
+        """Call sites (``.source``) no deeper than the server allows; that they exist is checked
+        by ``run_graph`` before anything runs."""
+        depth = self.limits.max_source_depth
+        for node in graph.nodes:
+            if node.op in MODULE_VALUE_OPS and len(split_path(node.target[0])[1]) > depth:
+                raise GraphAccessError(
+                    f"{node.describe()} (node %{node.index}) looks {len(split_path(node.target[0])[1])} "
+                    f"level(s) deep inside forwards (.source), this server allows {depth}: "
+                    + ("address a call site of a module's own forward, not of the functions it calls "
+                       if depth else "this server does not look inside forwards; save module values instead ")
+                    + "(the operator can allow more with --max-source-depth).")
+
     def _check_bounds(self, kwargs: Dict[str, Any], whose: str) -> None:
         for name, bound in self.limits.kwarg_bounds.items():
             value = kwargs.get(name)
@@ -262,7 +287,13 @@ class ModelServer:
             return interleaver
 
         started = time.monotonic()
-        with _Deadline(started + limits.max_seconds, limits.max_seconds), torch.set_grad_enabled(request.grad):
+        if not self.model.dispatched:  # load the weights first: loading may replace the modules
+            self.model.dispatch_model()
+        root = self.model._model
+        if self._points[0] is not root:
+            self._points = (root, cancel_points(root))
+        deadline = _Deadline(started + limits.max_seconds, limits.max_seconds, self._points[1])
+        with deadline, torch.set_grad_enabled(request.grad):
             values = self.model.run_graph(request.graph, invokes=request.inputs, invoker_args=request.invoker_args,
                                           method=request.method, executor=executor, **request.kwargs)
         interleaver = runs[-1]
@@ -331,33 +362,52 @@ def error_payload(error: BaseException) -> bytes:
     return json.dumps({"error": {"type": name, "message": message, "server": __version__}}).encode()
 
 
-class _Deadline:
-    """Cancel the run of this thread at the first module call after ``deadline``.
+def cancel_points(root: torch.nn.Module) -> List[torch.nn.Module]:
+    """The modules where a run past its deadline is cancelled: the root, its children and the
+    items of every ``ModuleList``, ``ModuleDict`` and ``Sequential`` (a model's blocks, called
+    once per layer, step or denoising step). A hook on every module would slow every call of a
+    model's hundreds of small modules.
 
-    A process-wide forward pre-hook, installed while some thread runs a request,
-    reads the deadline of the calling thread; threads without one are untouched.
+    Example:
+        >>> [type(m).__name__ for m in cancel_points(model._model)]
+        ['Sequential', 'Linear', 'Sigmoid', 'Linear', 'Sigmoid']
+    """
+    found = {id(root): root}
+    found.update((id(child), child) for child in root._modules.values() if child is not None)
+    stack, seen = [root], set()
+    while stack:  # a flat walk: Module.modules() recurses through nested generators
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        children = [child for child in module._modules.values() if child is not None]
+        if isinstance(module, _CONTAINERS):
+            found.update((id(child), child) for child in children)
+        stack.extend(children)
+    return list(found.values())
+
+
+class _Deadline:
+    """Cancel the run of this thread at the first call of one of ``modules`` after ``deadline``.
+
+    Their forward pre-hooks, there while the request runs, read the deadline of the calling
+    thread (several threads may run requests on one model); threads without one are untouched.
     """
 
-    def __init__(self, deadline: float, seconds: float) -> None:
-        self.deadline, self.seconds = deadline, seconds
+    def __init__(self, deadline: float, seconds: float, modules: List[torch.nn.Module]) -> None:
+        self.deadline, self.seconds, self.modules = deadline, seconds, modules
+        self.handles: List[Any] = []
 
     def __enter__(self) -> _Deadline:
-        global _hook_users, _hook_handle
         _deadline.value = self
-        with _hook_lock:
-            _hook_users += 1
-            if _hook_handle is None:
-                _hook_handle = torch.nn.modules.module.register_module_forward_pre_hook(_check_deadline)
+        self.handles = [module.register_forward_pre_hook(_check_deadline) for module in self.modules]
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        global _hook_users, _hook_handle
         _deadline.value = None
-        with _hook_lock:
-            _hook_users -= 1
-            if _hook_users == 0 and _hook_handle is not None:
-                _hook_handle.remove()
-                _hook_handle = None
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
         if exc[0] is not None and time.monotonic() > self.deadline and not isinstance(exc[1], RequestTimeoutError):
             # The cancellation surfaced wrapped (e.g. inside an InterventionError): report it as what it is.
             raise self.error() from exc[1]

@@ -18,8 +18,13 @@ A request's header::
     {"model": "openai-community/gpt2", "method": null | "generate", "keep": false, "grad": true,
      "client": {"nnsight_remote": "0.1.0", "graph_schema": 1},
      "graph": <nnsight_core.serialize document>,
+     "constants": {"list": [{"tensor": "t3"}, ...]},
      "invokes": [{"inputs": [<value>, ...], "kwargs": {<name>: <value>}}, ...],
      "kwargs": {<name>: <value>}}
+
+The graph's tensor constants (in a session, the values of earlier traces) are not
+written into the document as numbers: its tensor entries say ``{"external": i}`` and
+``constants`` lists them, as tensors of the safetensors part.
 
 A response is a stream of frames, each ``kind (1 byte) | length (uint64) | payload``:
 ``S`` a status (JSON ``{"status": "queued" | "running"}``), ``R`` the result (an
@@ -42,6 +47,7 @@ import json
 import math
 import struct
 import sys
+from collections import UserDict
 from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -58,7 +64,8 @@ __all__ = ["MAGIC", "PROTOCOL", "TAGS", "MAX_HEADER_BYTES", "MAX_DEPTH", "pack",
 #: First bytes of every envelope.
 MAGIC = b"NNSR"
 #: Version of this wire format; client and server must agree (else :class:`~nnsight_core.errors.VersionSkewError`).
-PROTOCOL = 1
+#: 2: the graph's tensor constants travel as safetensors (``"constants"``).
+PROTOCOL = 2
 #: Largest JSON header an envelope may carry, in bytes.
 MAX_HEADER_BYTES = 64 * 2**20
 #: Deepest nesting of tagged values.
@@ -186,9 +193,11 @@ def encode_value(value: Any, tensors: Dict[str, torch.Tensor], lenient: bool = F
     """``value`` as JSON with tagged containers; its tensors are added to ``tensors``.
 
     Args:
-        value: Scalars, strings, tuples, lists, mappings, tensors, ``torch.Size``, dtypes,
-            devices, numpy arrays, ``torch.Generator`` s, model outputs (dataclasses) and
-            named tuples, nested.
+        value: Scalars, strings, tuples, lists, dicts (and ``UserDict`` s such as a
+            ``BatchEncoding``), tensors, ``torch.Size``, dtypes, devices, numpy arrays,
+            ``torch.Generator`` s, model outputs (dataclasses that are dicts, as
+            ``ModelOutput`` and ``BaseOutput`` are) and named tuples, nested. Other objects
+            (a config dataclass, a module, ``os.environ``) have no wire form.
         tensors: Where tensors go, keyed ``t0``, ``t1``, ... (each tensor object once).
         lenient: Write ``None`` for a part with no wire form (and note its path in
             ``dropped``) instead of raising.
@@ -236,7 +245,7 @@ class _Encoder:
                 return {"ndarray": self.tensor(torch.from_numpy(value), where)["tensor"]}
             except TypeError:
                 return self.fail(f"{where} is a numpy array of dtype {value.dtype}", where)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if dataclasses.is_dataclass(value) and isinstance(value, Mapping) and not isinstance(value, type):
             names = [f.name for f in dataclasses.fields(value)]
             fields = [[name, self.value(getattr(value, name, None), f"{where}.{name}", depth + 1)]
                       for name in names]
@@ -248,7 +257,7 @@ class _Encoder:
                                               for n, v in zip(names, value)]}}
         if kind is tuple or kind is list:
             return {kind.__name__: [self.value(v, f"{where}[{k}]", depth + 1) for k, v in enumerate(value)]}
-        if isinstance(value, Mapping):
+        if isinstance(value, (dict, UserDict)):  # not any Mapping: os.environ is one
             items = []
             for key, item in value.items():
                 if not (key is None or type(key) in (bool, int, str)):
