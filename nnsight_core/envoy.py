@@ -485,13 +485,14 @@ class CallSite(Envoy):
 
         What it calls is read from the source when it is a global, closure or module
         attribute name; when it is a local variable (transformers' ``attention_interface``),
-        from the latest execution that looked inside this forward.
+        from the latest execution that looked inside this forward in this module (in any
+        module, while this one has not run it).
         """
         parent, name = self._parent, self._name
         function = parent._function
         callee = None
         if function is not None:
-            callee = last_callee(function, name) or static_callee(function, name, parent._self)
+            callee = last_callee(function, name, self._module) or static_callee(function, name, parent._self)
         if isinstance(callee, torch.nn.Module):
             raise SourceError(f"{display_path(self._path)}.source: this call site calls a module "
                               f"({type(callee).__name__}); look inside it through its own envoy's .source.")

@@ -126,8 +126,11 @@ class Rewrite:
 
 
 _CACHE: "weakref.WeakKeyDictionary[types.CodeType, Rewrite]" = weakref.WeakKeyDictionary()
-# (code of the function holding a call site, site name) -> the plain function it called last.
-_CALLEES: Dict[Tuple[types.CodeType, str], Any] = {}
+# (code of the function holding a call site, site name) -> the plain function it called last,
+# per module whose forward (or a function it calls) holds the site, and in any module.
+_CALLEES: "weakref.WeakKeyDictionary[torch.nn.Module, Dict[Tuple[types.CodeType, str], Any]]" = (
+    weakref.WeakKeyDictionary())
+_LATEST: Dict[Tuple[types.CodeType, str], Any] = {}
 
 
 def _innermost(function: Any) -> Tuple[List[Any], types.FunctionType]:
@@ -438,10 +441,15 @@ def check_path(module: torch.nn.Module, path: str) -> None:
         prefix = f"{site}.{SOURCE}"
 
 
-def last_callee(function: Any, name: str) -> Any:
+def last_callee(function: Any, name: str, module: Optional[torch.nn.Module] = None) -> Any:
     """The plain function call site ``name`` of ``function`` called in the latest execution that
-    looked inside it, or None."""
-    return _CALLEES.get((rewrite(function).code, name))
+    looked inside it in ``module`` (two models of one class can call different attention
+    functions); for a module that has not run it yet, in any module; else None."""
+    key = (rewrite(function).code, name)
+    learned = _CALLEES.get(module) if module is not None else None
+    if learned is not None and key in learned:
+        return learned[key]
+    return _LATEST.get(key)
 
 
 def static_callee(function: Any, name: str, module: Optional[torch.nn.Module]) -> Any:
@@ -526,26 +534,31 @@ class _Sites:
                               f"({_label(rewritten.function)}) has the call sites "
                               f"{', '.join(rewritten.names()) or 'none'}. Print `.source` to see them.")
 
-    def dispatcher(self, interleaver: Interleaver, code: types.CodeType) -> Callable[..., Any]:
+    def dispatcher(self, interleaver: Interleaver, code: types.CodeType,
+                   module: torch.nn.Module) -> Callable[..., Any]:
         wanted, inner, prefix = self.wanted, self.inner, self.prefix
         skippable, wrap = interleaver.skippable, interleaver.wrap
         callees: Dict[Any, Any] = {}
+        learned = _CALLEES.get(module)
+        if learned is None:
+            learned = _CALLEES[module] = {}
 
         def dispatch(name: str, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
             kinds = wanted.get(name)
             if kinds is None:
                 return fn(*args, **kwargs)
             if type(fn) is types.FunctionType:
-                _CALLEES[(code, name)] = fn
+                learned[(code, name)] = _LATEST[(code, name)] = fn
             path = f"{prefix}.{name}"
             sites = inner.get(name)
             if sites is not None:
-                fn = sites.around(fn, interleaver, path, callees)
+                fn = sites.around(fn, interleaver, path, callees, module)
             return wrap(path, skippable(path, fn), "inputs" in kinds, "output" in kinds)(*args, **kwargs)
 
         return dispatch
 
-    def around(self, fn: Any, interleaver: Interleaver, path: str, callees: Dict[Any, Any]) -> Any:
+    def around(self, fn: Any, interleaver: Interleaver, path: str, callees: Dict[Any, Any],
+               module: torch.nn.Module) -> Any:
         """The callee ``fn`` of call site ``path`` with its own call sites hooked."""
         if isinstance(fn, torch.nn.Module):
             raise SourceError(f"{display_path(path)}.source: this call site calls a module "
@@ -555,7 +568,7 @@ class _Sites:
         if built is None:
             rewritten = rewrite(target)
             self.check(rewritten, f"{display_path(path)} calls {_label(rewritten.function)}, which")
-            built = callees[target] = sourced(target, self.dispatcher(interleaver, rewritten.code))
+            built = callees[target] = sourced(target, self.dispatcher(interleaver, rewritten.code, module))
         return types.MethodType(built, fn.__self__) if isinstance(fn, types.MethodType) else built
 
 
@@ -576,7 +589,7 @@ def install(interleaver: Interleaver, inside: Dict[str, Set[str]]) -> None:
         function = forward_of(module, head)
         rewritten = rewrite(function)
         sites.check(rewritten, f"the forward of {display_path(head)}")
-        forward = sourced(function, sites.dispatcher(interleaver, rewritten.code))
+        forward = sourced(function, sites.dispatcher(interleaver, rewritten.code, module))
         interleaver.replace_forward(module, types.MethodType(forward, module))
 
 

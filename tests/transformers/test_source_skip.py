@@ -31,8 +31,8 @@ def eager(tiny):
 
     hf = AutoModelForCausalLM.from_pretrained(tiny.folder, attn_implementation="eager").eval()
     lm = LanguageModel(tiny.folder, attn_implementation="eager")
-    # What attention_interface_0 calls is a local variable: envoys learn it from the latest execution
-    # that looked inside this forward in the process (another test may have run sdpa last).
+    # What attention_interface_0 calls is a local variable: envoys learn it from an execution of
+    # this module (before one, from the latest in the process, which may have been sdpa).
     with torch.no_grad(), lm.trace(SHORT):
         envoy(lm, ATTN[tiny.arch]).source.attention_interface_0.output.save()
     return lm, hf
@@ -60,6 +60,32 @@ def test_softmax_inside_the_attention_function_equals_the_eager_pattern(tiny, ea
     assert hook_count(lm._model) == 0
     text = str(envoy(lm, ATTN[tiny.arch]).source.attention_interface_0.source)
     assert "softmax_0" in text and "eager_attention_forward" in text
+
+
+def test_each_model_resolves_its_own_attention_function(tiny):
+    # attention_interface is a local variable: what it calls is learned from an execution. Two
+    # models of one class, eager and sdpa, in one process: each envoy shows its own model's callee,
+    # whichever ran last.
+    from nnsight_transformers import LanguageModel
+
+    models = {impl: LanguageModel(tiny.folder, attn_implementation=impl) for impl in ("eager", "sdpa")}
+    for model in models.values():
+        with torch.no_grad(), model.trace(SHORT):
+            envoy(model, ATTN[tiny.arch]).source.attention_interface_0.output.save()
+    for impl, function in (("eager", "eager_attention_forward"), ("sdpa", "sdpa_attention_forward")):
+        text = str(envoy(models[impl], ATTN[tiny.arch]).source.attention_interface_0.source)
+        assert function in text, (impl, text.splitlines()[0])
+    expected, _ = raw_pattern(tiny, _eager_copy(tiny), LONG)
+    with torch.no_grad(), models["eager"].trace(LONG):
+        site = envoy(models["eager"], ATTN[tiny.arch]).source.attention_interface_0.source.softmax_0
+        pattern = site.output.save()
+    torch.testing.assert_close(pattern.value, expected, rtol=0, atol=1e-6)
+
+
+def _eager_copy(tiny):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny.folder, attn_implementation="eager").eval()
 
 
 def test_editing_the_pattern_equals_a_raw_edit(tiny, eager):
