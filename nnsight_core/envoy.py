@@ -17,7 +17,7 @@ import torch
 from . import _state
 from .errors import EnvoyAttributeError, InvokeError, ModuleIndexError, SourceError, TraceStateError
 from .graph import display_path
-from .proxy import Proxy, _record
+from .proxy import Proxy, _record, new_proxy
 from .source import SOURCE, format_source, forward_of, last_callee, rewrite, static_callee
 
 if TYPE_CHECKING:
@@ -193,7 +193,14 @@ class Envoy:
             runner = invoker._runner
             state = runner.trace_state
             node = state.graph.create_module_value(key, invoker.index, where)
-            proxy = invoker._current[key] = runner._model.proxy_class(node, state)
+            cls = runner._model.proxy_class
+            if cls._plain_init:  # what Proxy.__init__ does, without its call
+                proxy = new_proxy(cls)
+                proxy.node = node
+                proxy._trace = state
+            else:
+                proxy = cls(node, state)
+            invoker._current[key] = proxy
         return proxy
 
     output = property(_value,

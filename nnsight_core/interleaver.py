@@ -427,7 +427,7 @@ class Interleaver:
         if self._iterating:
             self._copy_templates(kind, path, call)
         fed = self._fed.get(key)
-        edits = self._edits.get(key)
+        edits = self._edits.get(key) if self._edits else None  # no lookup when nothing edits
         if edits is None and self._plain:
             # The common case: one invoke owns the batch, nothing edits this value and nothing
             # is conditional, so no rows to narrow or write back and no event to open for edits.

@@ -129,6 +129,14 @@ class Proxy:
         self.node = node
         self._trace = state
 
+    #: Whether the class keeps this ``__init__`` (worked out per class): the recording hot path
+    #: (``envoy.output``, ``.save()``) then fills the two slots itself, without a Python call.
+    _plain_init = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._plain_init = cls.__init__ is Proxy.__init__
+
     # -- recording ---------------------------------------------------------
 
     def _record(self, op: str, target: Any, args: tuple, kwargs: Optional[dict] = None) -> Any:
@@ -149,7 +157,14 @@ class Proxy:
             )
         conds = state.conds
         # Saving never fails at run time, so it reuses the location of what it saves.
-        return type(self)(state.graph.create_save(node, state.invoke, conds[-1] if conds else None), state)
+        node = state.graph.create_save(node, state.invoke, conds[-1] if conds else None)
+        cls = type(self)
+        if not cls._plain_init:
+            return cls(node, state)
+        proxy = new_proxy(cls)  # what __init__ does, without its call
+        proxy.node = node
+        proxy._trace = state
+        return proxy
 
     @property
     def value(self) -> Any:
@@ -348,6 +363,10 @@ class Proxy:
         return format(value, spec) if value is not EMPTY else repr(self)
 
     __hash__ = object.__hash__
+
+
+#: Creates a proxy without calling ``__init__`` (the hot path then sets its two slots).
+new_proxy = object.__new__
 
 
 class InterventionProxy(Proxy):

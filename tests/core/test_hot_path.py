@@ -188,3 +188,37 @@ def test_the_short_way_of_hook_events_is_taken_only_when_it_is_exact():
             second = model.layer1.output.save()
     torch.testing.assert_close(first.value, net.layer1(x[:1]))  # batched: equal to float tolerance
     torch.testing.assert_close(second.value, net.layer1(x[1:]))
+
+
+def test_module_values_and_saves_call_an_overridden_proxy_init():
+    from nnsight_core.proxy import InterventionProxy, Proxy
+
+    made = []
+
+    class Tagged(InterventionProxy):
+        __slots__ = ()
+
+        def __init__(self, node, state):
+            super().__init__(node, state)
+            made.append(node.op)
+
+    class Wrapped(NNsight):
+        proxy_class = Tagged
+
+    assert Proxy._plain_init and InterventionProxy._plain_init and not Tagged._plain_init
+    net = make_net()
+    model, x = Wrapped(net), torch.rand(1, 5)
+    with model.trace(x):
+        out = model.layer1.output
+        saved = out.save()
+    assert type(out) is Tagged and type(saved) is Tagged
+    assert made == ["output", "save"]
+    torch.testing.assert_close(saved.value, net.layer1(x))
+
+    plain = NNsight(net)
+    with plain.trace(x):
+        out = plain.layer1.output
+        saved = out.save()
+    assert type(out) is InterventionProxy and type(saved) is InterventionProxy
+    assert saved.node.args == (out.node,)
+    torch.testing.assert_close(saved.value, net.layer1(x))

@@ -27,11 +27,12 @@ EMPTY_TRACE = 25
 #: a .next() step with its save) may add: the target, what a raw hook costs.
 PER_INTERVENTION = 12
 #: What each costs now (pinned below the target; raise only with a reason in the commit):
-#: a save records two nodes and two proxies (4 calls + the property and .save()) and runs in
-#: the hook's short event path (2 calls); an edit also runs its setitem node and copies the rows.
-PER_SAVE = 8
-PER_EDIT = 11
-PER_NEXT_SAVE = 7
+#: a save records two nodes (2 calls + the property and .save(); its two proxies are made
+#: without an __init__ call) and runs in the hook's short event path (2 calls); an edit also
+#: runs its setitem node and copies the rows.
+PER_SAVE = 6
+PER_EDIT = 10
+PER_NEXT_SAVE = 5
 #: What one raw forward hook storing a module output costs (register, call, remove), for reference.
 RAW_HOOK = 11
 
