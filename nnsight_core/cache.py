@@ -266,8 +266,8 @@ def _record(invoker: Invoker, paths: List[str], optional: bool, device: Optional
         if device is not None or dtype is not None:
             node = graph.create_node("call_function", _moved, (node,), {"device": device, "dtype": dtype},
                                      invoke=invoker.index, where=where, cond=runner.condition())
-        return proxy_class(graph.create_node("save", None, (node,), invoke=invoker.index, where=where,
-                                             cond=runner.condition()), runner.trace_state)
+        saving = graph.save(node, invoker.index, runner.condition())
+        return value if saving is value.node else proxy_class(saving, runner.trace_state)
 
     for path in paths:
         envoy = _envoy(runner._model, path)

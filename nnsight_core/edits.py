@@ -70,14 +70,14 @@ class EditRunner(Runner):
         graph = self._graph
         if exc_type is not None:
             return
-        for node in graph.nodes:
-            if node.op == "save":
-                at = node.source()
-                raise TraceStateError(
-                    f".save() of {node.args[0].describe()}{' at ' + at if at else ''} inside "
-                    "model.edit(): an edit's values belong to every later trace, not to one; save "
-                    "values inside the trace instead."
-                )
+        for node in graph.saves:
+            saved = node.args[0] if node.op == "save" else node
+            at = node.source()
+            raise TraceStateError(
+                f".save() of {saved.describe()}{' at ' + at if at else ''} inside "
+                "model.edit(): an edit's values belong to every later trace, not to one; save "
+                "values inside the trace instead."
+            )
         target = self._target
         target.__dict__["_edits"] = [*target._edits, graph]
 

@@ -51,7 +51,9 @@ OPS: Dict[str, str] = {
     "call_method": "A method call. target: method name; args: (self, *args).",
     "call_function": "A torch function (recorded through __torch_function__). target: the function.",
     "call_module": "An ad-hoc call of a submodule, not hooked. target: module path; args: call arguments.",
-    "save": "Keep args[0]'s value after the trace. args: (value,).",
+    "save": "Keep args[0]'s value after the trace if the condition the node runs under holds "
+    "(`.save()` inside a `tracer.cond` block; elsewhere `.save()` marks the saved node itself: "
+    "`Node.saved`). args: (value,).",
     "grad": "The gradient of args[0] (a tensor) in the first `backward` recorded after this node; "
     "a tensor hook supplies it while that backward pass runs. args: (value,).",
     "set_grad": "Replace a gradient while the backward pass runs (what flows on to earlier values). "
@@ -184,7 +186,8 @@ class Node:
         users: Nodes of the graph that take this node as an argument (kept by the graph,
             in its ``users``; an execution's copies of iteration templates have none here).
         invoke: Index of the invoke that recorded the node, or None.
-        saved: Whether the value outlives the trace.
+        saved: Whether the value outlives the trace (set by ``.save()``, see
+            :meth:`Graph.save`; a ``save`` node is always saved).
         where: ``(filename, line)`` of the user's code that recorded it.
         mutated: Whether an in-place edit (or a gradient) reaches this module value,
             which each execution then copies before handing it out.
@@ -279,8 +282,7 @@ class Graph:
         >>> with model.trace(x) as tracer:
         ...     h = model.layer1.output.save()
         >>> print(tracer.graph)
-        %0   model.layer1.output (call 0, invoke 0)
-        %1   save(%0)   [saved]
+        %0   model.layer1.output (call 0, invoke 0)   [saved]
 
     Attributes:
         nodes: All nodes in recording order.
@@ -296,7 +298,8 @@ class Graph:
         guarded: Whether any node is conditional (execution then checks conditions).
         gradients: The ``grad`` nodes, in recording order.
         starts: The nodes an execution can run at once: no node arguments, no module value.
-        saves: The ``save`` nodes, in recording order.
+        saves: The saved nodes (``.save()``'s: the values an execution leaves), in the order
+            they were saved.
         assignments: The nodes that replace a value or edit one in place (``set_output``,
             ``set_inputs``, ``set_input``, ``skip``, ``setitem``, in-place method calls), in
             recording order.
@@ -444,37 +447,46 @@ class Graph:
             nodes.append(node)
         return node
 
-    def create_save(self, value: Node, invoke: Optional[int], cond: Optional[Node] = None) -> Node:
-        """Append a ``save`` of ``value`` (recorded at ``value``'s line: saving cannot fail): what
-        ``create_node("save", None, (value,), ...)`` does, for the second commonest node."""
-        node = _new_node(Node)  # every slot is set below (a test checks that none is missed)
-        node._graph = self._ref
-        node.index = len(self.nodes)
-        node.op = "save"
-        node.target = None
-        node.args = deps = (value,)
-        node.kwargs = {}
-        if cond is not None:
-            self.guarded = True
-            if cond is not value:
-                deps = (value, cond)
-        node.deps = deps
-        node.invoke = invoke
-        node.saved = True
-        node.where = value.where
-        node.mutated = False
-        node.iteration = None
-        node.cond = cond
-        node._flat = True
+    def save(self, node: Node, invoke: Optional[int], cond: Optional[Node] = None) -> Node:
+        """Keep ``node``'s value after the trace; return the node whose value is kept.
+
+        Without a condition that is ``node`` itself, marked ``saved`` and listed in
+        :attr:`saves`: saving records nothing (``.save()`` is the commonest record of all, and
+        a node of its own would cost a record and a run). Under a condition (``cond``, the
+        innermost open ``tracer.cond`` block's node) it is a new ``save`` node of ``node``,
+        which runs only when the condition holds; it is recorded at ``node``'s line (saving
+        cannot fail). ``invoke`` is the invoke that saves.
+        """
+        if cond is None:
+            if not node.saved:
+                node.saved = True
+                self.saves.append(node)
+            return node
+        self.guarded = True
+        saving = _new_node(Node)  # every slot is set below (a test checks that none is missed)
+        saving._graph = self._ref
+        saving.index = len(self.nodes)
+        saving.op = "save"
+        saving.target = None
+        saving.args = (node,)
+        saving.kwargs = {}
+        saving.deps = deps = (node,) if cond is node else (node, cond)
+        saving.invoke = invoke
+        saving.saved = True
+        saving.where = node.where
+        saving.mutated = False
+        saving.iteration = None
+        saving.cond = cond
+        saving._flat = True
         users = self.users
         for dep in deps:
-            users[dep.index].append(node)
+            users[dep.index].append(saving)
         users.append([])
-        self.nodes.append(node)
-        self.saves.append(node)
+        self.nodes.append(saving)
+        self.saves.append(saving)
         if self.iterations:
-            _template_of(node)
-        return node
+            _template_of(saving)
+        return saving
 
     def require(self, invoke: int, name: str, value: Any) -> None:
         """Record that what invoke ``invoke`` recorded holds only for inputs whose ``name`` is ``value``.
@@ -496,7 +508,7 @@ class Graph:
     def rewrite_as_method_call(self, node: Node, args: tuple, kwargs: dict, cond: Optional[Node] = None) -> Node:
         """Turn an unused ``getattr`` node into a ``call_method`` of that attribute."""
         obj = node.args[0]
-        if self.nodes and self.nodes[-1] is node and not self.users[node.index]:
+        if self.nodes and self.nodes[-1] is node and not self.users[node.index] and not node.saved:
             self.nodes.pop()
             self.users.pop()
             for dep in node.deps:

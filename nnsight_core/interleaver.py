@@ -207,8 +207,8 @@ class Interleaver:
         self._whole = self._table is None
         self._guarded = graph.guarded
         # Whether hook events may take the short way (see _event): a subclass that overrides
-        # feed(), drain() or save() sees every node go through them.
-        self._plain = self._whole and not graph.guarded and not self._feeds and "save" in self._inline
+        # feed() or drain() sees every node go through them.
+        self._plain = self._whole and not graph.guarded and not self._feeds
         # Iterations: (event kind, module path) -> the iterations whose templates that event
         # starts copying, and per iteration the copies made for each call.
         self._iterating: Dict[Tuple[str, str], List[Iteration]] = {}
@@ -434,7 +434,7 @@ class Interleaver:
             if fed is None:
                 return _UNCHANGED
             values, done, users, pending, ready = self.values, self.done, self._users, self._pending, self._ready
-            uses, new = self._uses, _UNCHANGED
+            new = _UNCHANGED
             for node in fed:
                 index = node.index
                 rows = value
@@ -444,22 +444,9 @@ class Interleaver:
                 values[index] = rows
                 for user in users[index]:
                     later = user.index
-                    waiting = pending[later] - 1
-                    pending[later] = waiting
-                    if not waiting:
-                        if user.op == "save":  # what _run() does for a save of this value, in place
-                            left = uses[index] - 1
-                            uses[index] = left
-                            if not left and not node.saved and not self.keep:
-                                values[index] = EMPTY
-                            done[later] = True
-                            values[later] = rows
-                            for after in users[later]:
-                                pending[after.index] -= 1
-                                if pending[after.index] == 0:
-                                    heappush(ready, after.index)
-                        else:
-                            heappush(ready, later)
+                    pending[later] -= 1
+                    if not pending[later]:
+                        heappush(ready, later)
             nodes = self.nodes
             while ready:
                 self._run(nodes[heappop(ready)])

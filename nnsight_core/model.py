@@ -336,7 +336,7 @@ class NNsightModel:
             >>> with model.trace(x) as tracer:
             ...     hidden = model.layer1.output.save()
             >>> y = torch.rand(3, 5)
-            >>> saved = model.run_graph(tracer.graph, y)      # {save node index: value}
+            >>> saved = model.run_graph(tracer.graph, y)      # {saved node index: value}
             >>> torch.equal(saved[hidden.node.index], net.layer1(y))
             True
 

@@ -143,7 +143,9 @@ class Proxy:
         return _record(type(self), op, target, args, kwargs or {})
 
     def save(self) -> Proxy:
-        """Keep this value after the trace; returns the proxy to read it from.
+        """Keep this value after the trace; returns the proxy to read it from: this proxy (its
+        node is marked saved), or inside a ``tracer.cond`` block a new one, set only when the
+        condition holds.
 
         Raises:
             TraceStateError: Outside a trace.
@@ -156,13 +158,14 @@ class Proxy:
                 "call .save() inside the `with model.trace(...)` block."
             )
         conds = state.conds
-        # Saving never fails at run time, so it reuses the location of what it saves.
-        node = state.graph.create_save(node, state.invoke, conds[-1] if conds else None)
+        saving = state.graph.save(node, state.invoke, conds[-1] if conds else None)
+        if saving is node:  # marked saved: this proxy reads the kept value
+            return self
         cls = type(self)
         if not cls._plain_init:
-            return cls(node, state)
+            return cls(saving, state)
         proxy = new_proxy(cls)  # what __init__ does, without its call
-        proxy.node = node
+        proxy.node = saving
         proxy._trace = state
         return proxy
 

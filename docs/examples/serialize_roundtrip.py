@@ -25,7 +25,7 @@ text = tracer.graph.to_json(indent=1)                    # plain JSON: ops, targ
 
 loaded = Graph.from_json(text)                            # checked field by field, no code runs
 y = torch.rand(4, 5)                                      # other inputs, even another batch size
-saved = run(model, loaded, y)                             # {save node index: value}
+saved = run(model, loaded, y)                             # {saved node index: value}
 new_hidden, new_probs = saved[hidden.node.index], saved[probs.node.index]
 
 document = json.loads(text)

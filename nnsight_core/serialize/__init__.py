@@ -16,7 +16,7 @@ Example:
     >>> with model.trace(x) as tracer:
     ...     hidden = model.layer1.output.save()
     >>> graph = from_json(to_json(tracer.graph))
-    >>> saved = run(model, graph, x)        # {save node index: value}
+    >>> saved = run(model, graph, x)        # {saved node index: value}
     >>> torch.equal(saved[hidden.node.index], hidden.value)
     True
 

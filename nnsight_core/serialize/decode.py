@@ -129,6 +129,7 @@ class _NodeSpec(NamedTuple):
     args: tuple
     kwargs: dict
     iteration: Optional[int]  # the iteration it is a template of, as create_node will find
+    saved: bool
 
 
 class _Decoder:
@@ -197,8 +198,10 @@ class _Decoder:
             target = spec.target
             if spec.op in MODULE_VALUE_OPS:
                 target = (target[0], resolve(target[1]))
-            graph.create_node(spec.op, target, map_structure(spec.args, resolve),
-                              map_structure(spec.kwargs, resolve), invoke=spec.invoke)
+            node = graph.create_node(spec.op, target, map_structure(spec.args, resolve),
+                                     map_structure(spec.kwargs, resolve), invoke=spec.invoke)
+            if spec.saved:
+                graph.save(node, spec.invoke)
         return graph
 
     def _keys(self, entry: Dict[str, Any], where: str, allowed: frozenset, required: set) -> None:
@@ -330,7 +333,11 @@ class _Decoder:
         problem = _arguments_problem(op, target, invoke, args, kwargs, self._facts, _is_tensor_ref)
         if problem is not None:
             raise self.fail(where + problem[0], problem[1])
-        return _NodeSpec(op, target, invoke, args, kwargs, self._template_of(op, target, args, kwargs, where))
+        saved = entry.get("saved", False)
+        if type(saved) is not bool:
+            raise self.fail(f"{where}.saved", f"expected true or false, got {_kind(saved)}")
+        return _NodeSpec(op, target, invoke, args, kwargs, self._template_of(op, target, args, kwargs, where),
+                         saved)
 
     def _template_of(self, op: str, target: Any, args: tuple, kwargs: dict, where: str) -> Optional[int]:
         """The iteration a node will be a template of (as Graph.create_node decides), checked

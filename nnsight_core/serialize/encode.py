@@ -135,6 +135,8 @@ class _Encoder:
             entry["kwargs"] = {self._key(k): self.value(v, 0) for k, v in node.kwargs.items()}
         if node.invoke is not None:
             entry["invoke"] = node.invoke
+        if node.saved and node.op != "save":
+            entry["saved"] = True
         return entry
 
     def _check_structure(self, node: Node) -> None:

@@ -9,22 +9,24 @@ table built when this module is imported: the proxy's Python operators
 The writer (:mod:`~nnsight_core.serialize.encode`) and the reader
 (:mod:`~nnsight_core.serialize.decode`) share the checks defined here.
 
-The document (version 1)::
+The document (version 2)::
 
-    {"format": "nnsight_core.graph", "version": 1,
+    {"format": "nnsight_core.graph", "version": 2,
      "rows": [[0, 1], [1, 3]],            # each invoke's (start, stop) batch rows
      "iterations": [[1, null, 1]],        # [start, stop, step] of tracer.iter / .all() blocks
      "requirements": [[1, {"tokens": 7}]],  # optional: what an invoke's inputs must be
      "tensors": [{"dtype": "float32", "shape": [2], "data": [0.5, "nan"]}],
      "nodes": [                           # in recording order; "%i" is nodes[i]
-        {"op": "output", "target": ["layer1", 0], "invoke": 0},
+        {"op": "output", "target": ["layer1", 0], "invoke": 0, "saved": true},
         {"op": "operator", "target": "mul", "args": [{"node": 0}, 2], "invoke": 0},
         {"op": "call_function", "target": "torch.cat",
          "args": [{"list": [{"node": 1}, {"tensor": 0}]}], "kwargs": {"dim": -1}},
         {"op": "save", "args": [{"node": 2}], "invoke": 0}]}
 
 A node has ``op`` and, where not empty, ``target``, ``args`` (a list),
-``kwargs`` (an object) and ``invoke`` (an invoke index, or absent). Targets:
+``kwargs`` (an object), ``invoke`` (an invoke index, or absent) and ``saved``
+(``true`` when ``.save()`` kept the node's value, which a run then returns; a
+``save`` node, the conditional save of its argument, is saved without it). Targets:
 ``[module path, call]`` for ``output``, ``inputs``, ``set_output``,
 ``set_inputs``, ``set_input`` and ``skip`` (the path of a call site inside a
 forward, ``"<module path>.source.<call site>"``, counts as a module path), where the call is an index or
@@ -108,7 +110,7 @@ __all__ = [
 #: The ``format`` field of every document.
 FORMAT = "nnsight_core.graph"
 #: The schema version this module writes and reads.
-VERSION = 1
+VERSION = 2
 #: Longest document text :func:`~nnsight_core.serialize.from_json` parses, in characters.
 MAX_DOCUMENT_CHARS = 64 * 2**20
 #: Most nodes a document may hold.
@@ -228,7 +230,7 @@ _DENIED_ATTRIBUTES = frozenset({
     "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "gi_frame", "gi_code", "cr_frame",
     "cr_code", "ag_frame", "ag_code", "tb_frame", "tb_next", "func_globals", "func_code", "mro",
 })
-_NODE_KEYS = frozenset({"op", "target", "args", "kwargs", "invoke"})
+_NODE_KEYS = frozenset({"op", "target", "args", "kwargs", "invoke", "saved"})
 _DOCUMENT_KEYS = frozenset({"format", "version", "rows", "iterations", "requirements", "tensors", "nodes"})
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data"})
 _EXTERNAL_TENSOR_KEYS = frozenset({"dtype", "shape", "external"})
