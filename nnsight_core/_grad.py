@@ -120,7 +120,7 @@ class Gradients:
         ...     g = model.layer1.output.grad.save()
         ...     model.output.sum().backward()
         >>> gradients = Gradients(tracer.graph, None)   # the Interleaver makes one per execution
-        >>> [grad.index for grad in gradients.owned[5]]   # node %5 (the backward) feeds %1
+        >>> [grad.index for grad in gradients.owned[4]]   # node %4 (the backward) feeds %1
         [1]
 
     Raises:

@@ -134,7 +134,7 @@ class Interleaver:
         >>> with Interleaver(graph, net) as interleaver:
         ...     out = net(x)
         >>> interleaver.check_complete()
-        >>> torch.equal(interleaver.results()[1], net.layer1(x))   # the save node's value
+        >>> torch.equal(interleaver.results()[0], net.layer1(x))   # the saved node's value
         True
 
     Args:

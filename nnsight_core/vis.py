@@ -14,9 +14,8 @@ Example:
     digraph intervention_graph {
       rankdir=TB;
     ...
-        n1 [label="%1 save", fillcolor="#dcfce7"];
+        n0 [label="%0 output\\nmodel.layer1.output (call 0)", fillcolor="#dcfce7"];
       }
-      n0 -> n1 [label="0"];
     }
     <BLANKLINE>
     >>> tracer.graph.vis("graph.svg")

@@ -26,7 +26,7 @@ def no_hooks_left() -> bool:
 
 
 def document(*nodes):
-    return json.dumps({"format": "nnsight_core.graph", "version": 1, "rows": [[0, 3]], "nodes": list(nodes)})
+    return json.dumps({"format": "nnsight_core.graph", "version": 2, "rows": [[0, 3]], "nodes": list(nodes)})
 
 
 # Mistake 1: a document walks from an activation through autograd to a parameter, to zero it.

@@ -34,7 +34,7 @@ else:
     raise AssertionError("expected GraphFormatError")
 
 # Mistake 2: a document that names code instead of the vocabulary is refused unread.
-document = """{"format": "nnsight_core.graph", "version": 1, "rows": [[0, 3]],
+document = """{"format": "nnsight_core.graph", "version": 2, "rows": [[0, 3]],
   "nodes": [{"op": "output", "target": ["layer1", 0], "invoke": 0},
             {"op": "call_function", "target": "os.system", "args": ["rm -rf ~"]}]}"""
 try:

@@ -23,8 +23,8 @@ with model.trace(x) as tracer:
 print(tracer.graph)
 
 ops = [node.op for node in tracer.graph.nodes]
-assert ops == ["output", "save", "setitem", "output", "operator", "set_output", "output",
-               "call_function", "save"]
+assert ops == ["output", "setitem", "output", "operator", "set_output", "output", "call_function"]
+assert [node.saved for node in tracer.graph.nodes] == [True, False, False, False, False, False, True]
 with torch.no_grad():
     h = net.layer1(x)
     h[:, 0] = 0

@@ -47,8 +47,8 @@ def from_json(text: Union[str, bytes, bytearray], device: Union[str, torch.devic
         >>> with model.trace(x) as tracer:
         ...     hidden = model.layer1.output.save()
         >>> graph = from_json(to_json(tracer.graph))
-        >>> [node.op for node in graph.nodes]
-        ['output', 'save']
+        >>> [(node.op, node.saved) for node in graph.nodes]
+        [('output', True)]
     """
     if not isinstance(text, (str, bytes, bytearray)):
         raise GraphFormatError(f"from_json takes the document's text (str or bytes), not "
@@ -92,8 +92,8 @@ def from_dict(document: Any, device: Union[str, torch.device, None] = None,
         >>> with model.trace(x) as tracer:
         ...     hidden = model.layer1.output.save()
         >>> graph = from_dict(to_dict(tracer.graph))
-        >>> [node.op for node in graph.nodes]
-        ['output', 'save']
+        >>> [(node.op, node.saved) for node in graph.nodes]
+        [('output', True)]
     """
     return _Decoder(torch.device("cpu") if device is None else torch.device(device), tensors).document(document)
 

@@ -47,7 +47,7 @@ def to_dict(graph: Graph, tensors: Optional[List[torch.Tensor]] = None) -> Docum
         >>> with model.trace(x) as tracer:
         ...     hidden = model.layer1.output.save()
         >>> to_dict(tracer.graph)["nodes"][0]
-        {'op': 'output', 'target': ['layer1', 0], 'invoke': 0}
+        {'op': 'output', 'target': ['layer1', 0], 'invoke': 0, 'saved': True}
     """
     if len(graph.nodes) > MAX_NODES:
         raise GraphFormatError(f"the graph has {len(graph.nodes)} nodes, more than MAX_NODES = "

@@ -166,8 +166,8 @@ class GuardedInterleaver(Interleaver):
         >>> graph = from_json(to_json(tracer.graph))
         >>> with GuardedInterleaver(graph, net, limits=Limits()) as interleaver:
         ...     out = net(x)
-        >>> interleaver.ops                       # the sum and the save
-        2
+        >>> interleaver.ops                       # the sum (saved)
+        1
 
     Attributes:
         limits: The run's :class:`Limits`.

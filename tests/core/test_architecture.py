@@ -208,12 +208,12 @@ def test_interleaver_docstring_example_runs_a_graph_twice():
         with Interleaver(tracer.graph, net) as interleaver:
             net(inputs)
         interleaver.check_complete()
-        torch.testing.assert_close(interleaver.results()[1], net.layer1(inputs))
+        torch.testing.assert_close(interleaver.results()[0], net.layer1(inputs))
     assert isinstance(tracer.graph, Graph)
 
 
 def test_the_fast_node_constructors_set_every_slot_as_node_init_does():
-    """Graph.create_node, create_module_value, create_save and copy_node fill a Node's slots
+    """Graph.create_node, create_module_value, save (under a condition) and copy_node fill a Node's slots
     directly (one call per node on the hot path); a slot added to Node.__init__ but not to them
     would be missing on recorded nodes."""
     graph = Graph()
@@ -222,7 +222,9 @@ def test_the_fast_node_constructors_set_every_slot_as_node_init_does():
     reference = make_node(graph, 1, "getitem", None, (first, (slice(None), 0)), {}, 0, None, None)
     copy = copy_node(recorded, 7, None, recorded.args, recorded.kwargs, recorded.deps, None)
     value = graph.create_module_value(("output", "layer2", 0), 0, ("f.py", 2))
-    saved = graph.create_save(value, 0)
+    cond = graph.create_node("apply", bool, (value,), invoke=0)
+    saved = graph.save(value, 0, cond)
+    assert saved.op == "save" and saved.cond is cond
     for slot in Node.__slots__:
         for node in (recorded, copy, value, saved):
             assert hasattr(node, slot), f"{slot} is not set by the fast constructor"

@@ -66,15 +66,19 @@ def test_users_are_kept_by_the_graph_and_read_through_nodes():
     graph = Graph()
     out = graph.create_node("output", ("layer1", 0), invoke=0)
     total = graph.create_node("call_method", "sum", (out,), invoke=0)
-    saved = graph.create_save(total, 0)
-    assert out.users == [total] and total.users == [saved] and saved.users == []
-    assert graph.users == [[total], [saved], []]
-    assert out.graph is graph and saved.deps == (total,) and saved.args == (total,)
-    assert graph.saves == [saved] and graph.starts == [] and graph.assignments == []
+    assert graph.save(total, 0) is total and total.saved  # no node: the value is marked saved
+    assert graph.save(total, 0) is total and graph.saves == [total]  # once, however often saved
+    assert out.users == [total] and total.users == [] and graph.users == [[total], []]
+    cond = graph.create_node("apply", bool, (True,), invoke=0)
+    saved = graph.save(out, 0, cond)  # under a condition: a save node of its own
+    assert saved.op == "save" and saved.deps == (out, cond) and saved.args == (out,)
+    assert out.users == [total, saved] and cond.users == [saved] and saved.users == []
+    assert out.graph is graph and graph.guarded and not out.saved
+    assert graph.saves == [total, saved] and graph.starts == [cond] and graph.assignments == []
     edit = graph.create_node("setitem", None, (out, 0, 1.0), invoke=0)
     inplace = graph.create_node("call_method", "add_", (out, 1.0), invoke=0)
     constant = graph.create_node("apply", bool, (True,), invoke=0)
-    assert graph.assignments == [edit, inplace] and graph.starts == [constant]
+    assert graph.assignments == [edit, inplace] and graph.starts == [cond, constant]
 
 
 def test_the_one_call_constructors_record_what_create_node_records():
@@ -83,8 +87,8 @@ def test_the_one_call_constructors_record_what_create_node_records():
     cond_slow = slow.create_node("apply", bool, (True,))
     a = fast.create_module_value(("output", "layer1", 0), 0, ("f.py", 3))
     b = slow.create_node("output", ("layer1", 0), invoke=0, where=("f.py", 3))
-    sa, sb = fast.create_save(a, 0, cond_fast), slow.create_node("save", None, (b,), invoke=0,
-                                                                 where=b.where, cond=cond_slow)
+    sa, sb = fast.save(a, 0, cond_fast), slow.create_node("save", None, (b,), invoke=0,
+                                                          where=b.where, cond=cond_slow)
     for x, y in ((a, b), (sa, sb)):
         for slot in ("index", "op", "target", "args", "kwargs", "invoke", "saved", "where", "mutated",
                      "iteration", "cond", "_flat"):
@@ -172,15 +176,15 @@ def test_the_short_way_of_hook_events_is_taken_only_when_it_is_exact():
     assert plain._plain
 
     class Counting(Interleaver):
-        def save(self, node, args, kwargs):
-            self.saved = getattr(self, "saved", 0) + 1
-            return args[0]
+        def feed(self, node, value):
+            self.fed = getattr(self, "fed", 0) + 1
+            super().feed(node, value)
 
     counting = Counting(tracer.graph, net)
     assert not counting._plain
     with counting:
         net(x)
-    assert counting.saved == 1 and torch.equal(counting.results()[1], net.layer1(x))
+    assert counting.fed == 1 and torch.equal(counting.results()[0], net.layer1(x))
     with model.trace() as tracer:
         with tracer.invoke(x[:1]):
             first = model.layer1.output.save()
@@ -208,17 +212,21 @@ def test_module_values_and_saves_call_an_overridden_proxy_init():
     assert Proxy._plain_init and InterventionProxy._plain_init and not Tagged._plain_init
     net = make_net()
     model, x = Wrapped(net), torch.rand(1, 5)
-    with model.trace(x):
+    with model.trace(x) as tracer:
         out = model.layer1.output
         saved = out.save()
-    assert type(out) is Tagged and type(saved) is Tagged
-    assert made == ["output", "save"]
+        assert saved is out and made == ["output"]  # marked saved: no new node, no new proxy
+        with tracer.cond(out.sum() > -1e9):
+            kept = model.layer2.output.save()
+    assert type(out) is Tagged and type(kept) is Tagged and kept.node.op == "save"
+    assert made[-1] == "save"
     torch.testing.assert_close(saved.value, net.layer1(x))
+    with torch.no_grad():
+        torch.testing.assert_close(kept.value, net.layer2(net.sigma1(net.layer1(x))))
 
     plain = NNsight(net)
     with plain.trace(x):
         out = plain.layer1.output
         saved = out.save()
-    assert type(out) is InterventionProxy and type(saved) is InterventionProxy
-    assert saved.node.args == (out.node,)
+    assert type(out) is InterventionProxy and saved is out and out.node.saved
     torch.testing.assert_close(saved.value, net.layer1(x))

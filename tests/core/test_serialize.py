@@ -245,10 +245,12 @@ def every_op_graph():
         h = model.act.output.abs()                               # call_method
         model.act.output = torch.relu(h) - 1                     # call_function, operator, set_output
         model.layer2.input = model.layer2(h)[:, :1] * h          # call_module, set_input
-        model.layer2.output.mT.save()                            # getattr, save
+        model.layer2.output.mT.save()                            # getattr, marked saved
         model.act.skip(model.act.input)                          # skip
-    # Gradient ops and stop, appended as the Graph API makes them (structure only: not run).
+    # A save node (what .save() records under tracer.cond, whose condition no document holds),
+    # gradient ops and stop, appended as the Graph API makes them (structure only: not run).
     graph = tracer.graph
+    graph.create_node("save", None, (graph.nodes[0],), invoke=0)
     act, out = (n for n in graph.nodes if n.op == "output" and n.target[0] in ("act", "layer2"))
     grad = graph.create_node("grad", None, (act,), invoke=0)
     graph.create_node("set_grad", None, (grad, graph.create_node("operator", "mul", (grad, 0.5), invoke=0)),
@@ -338,7 +340,7 @@ def test_documents_are_strict_json_with_a_version():
         raise AssertionError(f"non-standard constant {name}")
 
     document = json.loads(text, parse_constant=reject)
-    assert document["format"] == "nnsight_core.graph" and document["version"] == 1
+    assert document["format"] == "nnsight_core.graph" and document["version"] == 2
     assert document == to_dict(graph)
     assert to_dict(from_dict(document)) == document
     assert Graph.from_json(text.encode()).to_json(indent=2) == text
@@ -466,7 +468,7 @@ def base_document():
 
 def with_node(node, rows=((0, 2),), **extra):
     """A small valid document whose last node is ``node``."""
-    return {"format": "nnsight_core.graph", "version": 1, "rows": [list(r) for r in rows],
+    return {"format": "nnsight_core.graph", "version": 2, "rows": [list(r) for r in rows],
             "tensors": [{"dtype": "float32", "shape": [1], "data": [1.0]}],
             "nodes": [{"op": "output", "target": ["layer1", 0], "invoke": 0}, node], **extra}
 
@@ -478,10 +480,12 @@ def call(target, *args, op="call_function", **fields):
 BAD_DOCUMENTS = {
     "top level list": ([], "expected a JSON object"),
     "unknown top-level key": (with_node({"op": "save", "args": [{"node": 0}]}, code="x"), "unknown key(s) ['code']"),
-    "missing nodes": ({"format": "nnsight_core.graph", "version": 1}, "missing key(s) ['nodes']"),
+    "missing nodes": ({"format": "nnsight_core.graph", "version": 2}, "missing key(s) ['nodes']"),
     "wrong format": ({**with_node({"op": "save", "args": [{"node": 0}]}), "format": "pickle"}, "format"),
-    "newer version": ({**with_node({"op": "save", "args": [{"node": 0}]}), "version": 2}, "reads version 1"),
-    "bool version": ({**with_node({"op": "save", "args": [{"node": 0}]}), "version": True}, "reads version 1"),
+    "newer version": ({**with_node({"op": "save", "args": [{"node": 0}]}), "version": 3}, "reads version 2"),
+    "older version": ({**with_node({"op": "save", "args": [{"node": 0}]}), "version": 1}, "reads version 2"),
+    "bool version": ({**with_node({"op": "save", "args": [{"node": 0}]}), "version": True}, "reads version 2"),
+    "saved not a bool": (with_node({"op": "save", "args": [{"node": 0}], "saved": 1}), "nodes[1].saved"),
     "unknown op": (with_node({"op": "exec", "args": ["print(1)"]}), "unknown operation \"exec\""),
     "unknown node key": (with_node({"op": "save", "args": [{"node": 0}], "code": "x"}), "unknown key(s) ['code']"),
     "self reference": (with_node({"op": "save", "args": [{"node": 1}]}), "earlier node"),
@@ -702,7 +706,7 @@ def test_run_on_a_model_without_the_modules_raises():
 
 def test_the_documented_example_document_is_valid():
     doc = serialize.schema.__doc__
-    block = doc[doc.index("The document (version 1)::"):].split("\n\n")[1]
+    block = doc[doc.index("The document (version 2)::"):].split("\n\n")[1]
     text = "\n".join(line.split("#")[0] for line in block.splitlines())
     graph = from_json(text)
     assert [n.op for n in graph.nodes] == ["output", "operator", "call_function", "save"]

@@ -151,7 +151,7 @@ TENSORS = st.fixed_dictionaries({
 })
 # Whole documents: the right header (mostly), random but plausible nodes and tensors.
 DOCUMENTS = st.builds(
-    lambda rows, tensors, nodes, extra: {"format": "nnsight_core.graph", "version": 1, "rows": rows,
+    lambda rows, tensors, nodes, extra: {"format": "nnsight_core.graph", "version": 2, "rows": rows,
                                          "tensors": tensors, "nodes": nodes, **extra},
     st.sampled_from([[], [[0, 1]], [[0, 2], [2, 3]], [[0, 0]], [[1, 2]]]),
     st.lists(TENSORS, max_size=2),
@@ -263,7 +263,7 @@ def valid_documents(draw):
                           "args": [{"node": index}, fix_references(draw(VALID_VALUES), index, len(tensors))]})
             break
     iterations = draw(st.sampled_from([[[0, None, 1]], [[1, 3, 1]], [[2, None, 2]]]))
-    return {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1], [1, 3]], "iterations": iterations,
+    return {"format": "nnsight_core.graph", "version": 2, "rows": [[0, 1], [1, 3]], "iterations": iterations,
             "tensors": tensors, "nodes": nodes}
 
 
@@ -405,7 +405,7 @@ def test_deep_nesting_never_recurses_unbounded(depth, kind):
     for _ in range(depth):
         inner = {"tuple": [inner]} if kind == "tuple" else {"list": [inner]} if kind == "list" else (
             [inner] if kind == "raw list" else {"a": inner})
-    document = {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1]],
+    document = {"format": "nnsight_core.graph", "version": 2, "rows": [[0, 1]],
                 "nodes": [{"op": "output", "target": ["layer1", 0], "invoke": 0},
                           {"op": "call_function", "target": "torch.sum", "args": [{"node": 0}, inner]}]}
     graph = load_safely(from_dict, document, "deep nesting")
@@ -425,7 +425,7 @@ def test_self_containing_python_values_are_refused():
     knot = {"dict": []}
     knot["dict"].append(["key", knot])
     for value in (loop, knot):
-        document = {"format": "nnsight_core.graph", "version": 1, "rows": [],
+        document = {"format": "nnsight_core.graph", "version": 2, "rows": [],
                     "nodes": [{"op": "call_function", "target": "torch.sum", "args": [value]}]}
         with pytest.raises(GraphFormatError, match="MAX_DEPTH"):
             from_dict(document)
@@ -438,7 +438,7 @@ def test_dangerous_names_are_never_resolved():
         for op in ("call_function", "call_method", "getattr", "operator", name):
             EXAMPLES["dangerous names"] += 1
             LOADS["dangerous names"] += 1
-            document = {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1]],
+            document = {"format": "nnsight_core.graph", "version": 2, "rows": [[0, 1]],
                         "nodes": [{"op": "output", "target": ["layer1", 0], "invoke": 0},
                                   {"op": op, "target": name, "args": [{"node": 0}]}]}
             with ImportSentinel() as sentinel:

@@ -44,11 +44,11 @@ def traced_graph():
             a = model.layer1.output                  # %0
             b = a * 2                                # %1 operator[mul](%0, 2)
             c = torch.cat([a, b], dim=1)             # %2 call_function[cat]([%0, %1], dim=1)
-            c.save()                                 # %3 save(%2)
+            c.save()                                 # %2 marked saved
         with tracer.invoke(torch.rand(2, 5)):
-            d = model.layer2.output                  # %4
-            torch.mul(d, other=d).save()             # %5 call_function[mul](%4, other=%4), %6 save
-            model.layer2.output[:, 0] = 0            # %7 setitem
+            d = model.layer2.output                  # %3
+            torch.mul(d, other=d).save()             # %4 call_function[mul](%3, other=%3), saved
+            model.layer2.output[:, 0] = 0            # %5 setitem
     return tracer.graph
 
 
@@ -69,8 +69,8 @@ def test_to_dot_draws_every_node_with_its_op():
     graph = traced_graph()
     nodes, _, _ = parse_dot(graph.to_dot())
     assert sorted(nodes) == sorted(f"n{i}" for i in range(len(graph.nodes)))
-    expected_heads = ["%0 output", "%1 operator[mul]", "%2 call_function[cat]", "%3 save",
-                      "%4 output", "%5 call_function[mul]", "%6 save", "%7 setitem"]
+    expected_heads = ["%0 output", "%1 operator[mul]", "%2 call_function[cat]",
+                      "%3 output", "%4 call_function[mul]", "%5 setitem"]
     heads = [nodes[f"n{i}"][0].split("\\n")[0] for i in range(len(graph.nodes))]
     assert heads == expected_heads
     assert heads == [f"%{n.index} {n.op}" + (f"[{getattr(n.target, '__name__', n.target)}]"
@@ -78,9 +78,9 @@ def test_to_dot_draws_every_node_with_its_op():
                      for n in graph.nodes]
     assert nodes["n0"][0] == "%0 output\\nmodel.layer1.output (call 0)"
     assert nodes["n2"][0] == "%2 call_function[cat]\\n[%0, %1], dim=1"
-    assert nodes["n7"][0] == "%7 setitem\\n(:, 0), 0"
+    assert nodes["n5"][0] == "%5 setitem\\n(:, 0), 0"
     # Module values blue, saved values green, the rest white.
-    assert [nodes[f"n{i}"][1] for i in (0, 4, 3, 6, 1)] == ["#dbeafe", "#dbeafe", "#dcfce7", "#dcfce7", "white"]
+    assert [nodes[f"n{i}"][1] for i in (0, 3, 2, 4, 1)] == ["#dbeafe", "#dbeafe", "#dcfce7", "#dcfce7", "white"]
 
 
 def test_to_dot_edges_follow_the_arguments():
@@ -89,18 +89,16 @@ def test_to_dot_edges_follow_the_arguments():
         ("n0", "n1"): "0",            # a * 2
         ("n0", "n2"): "0",            # torch.cat([a, b], ...): both in argument 0
         ("n1", "n2"): "0",
-        ("n2", "n3"): "0",            # save
-        ("n4", "n5"): "0,other",      # torch.mul(d, other=d): one edge, both positions
-        ("n5", "n6"): "0",
-        ("n4", "n7"): "0",            # setitem edits layer2's output
+        ("n3", "n4"): "0,other",      # torch.mul(d, other=d): one edge, both positions
+        ("n3", "n5"): "0",            # setitem edits layer2's output
     }
 
 
 def test_to_dot_groups_nodes_by_invoke_with_their_rows():
     _, _, clusters = parse_dot(traced_graph().to_dot())
     assert clusters == {
-        "cluster_invoke_0": ("invoke 0 (rows 0-0)", ["n0", "n1", "n2", "n3"]),
-        "cluster_invoke_1": ("invoke 1 (rows 1-2)", ["n4", "n5", "n6", "n7"]),
+        "cluster_invoke_0": ("invoke 0 (rows 0-0)", ["n0", "n1", "n2"]),
+        "cluster_invoke_1": ("invoke 1 (rows 1-2)", ["n3", "n4", "n5"]),
     }
 
 
@@ -178,7 +176,7 @@ def test_vis_returns_an_svg_with_every_node_and_edge():
     assert isinstance(svg, bytes)
     titles = {t.text for t in ET.fromstring(svg).iter(f"{SVG}title")}
     assert {f"n{i}" for i in range(len(graph.nodes))} <= titles
-    assert {"n0->n1", "n4->n5", "n4->n7"} <= titles
+    assert {"n0->n1", "n3->n4", "n3->n5"} <= titles
 
 
 @needs_graphviz

@@ -77,7 +77,7 @@ def test_the_graph_still_shows_what_the_user_saved(model):
             model.layer1.output
             model.layer2.output.save()
         flags = [node.saved for node in tracer.graph.nodes]
-    assert flags == [False, False, True]
+    assert flags == [False, True]
     assert str(tracer.graph).count("[saved]") == 1
 
 

@@ -78,7 +78,7 @@ def test_a_loaded_generation_graph_runs_the_same(gpt2):
 
 
 def _document(*nodes):
-    return {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1]], "nodes": list(nodes)}
+    return {"format": "nnsight_core.graph", "version": 2, "rows": [[0, 1]], "nodes": list(nodes)}
 
 
 def _run_refused(gpt2, document, match):
@@ -197,7 +197,7 @@ def test_a_token_slice_records_its_length_and_a_negative_index_does_not(gpt2):
 def test_requirements_are_checked_in_the_document():
     from nnsight_core import GraphFormatError
 
-    document = {"format": "nnsight_core.graph", "version": 1, "rows": [[0, 1]],
+    document = {"format": "nnsight_core.graph", "version": 2, "rows": [[0, 1]],
                 "nodes": [{"op": "output", "target": ["transformer", 0], "invoke": 0}]}
     for bad in ([[1, {"tokens": 3}]], [[0, {}]], [[0, {"tokens": [3]}]], {"0": 3}, [[0, {"__x": 1}]]):
         with pytest.raises(GraphFormatError, match="requirements"):
