@@ -91,9 +91,9 @@ def test_generation_that_stops_early_raises_for_the_steps_that_never_came(checkp
 def test_unsaved_value_of_a_finished_trace_raises_when_read_or_used():
     model = NNsight(Net())
     with model.trace(X):
-        hidden = model.layer1.output
+        hidden = model.layer2.output
         kept = model.layer1.output.save()
-    with pytest.raises(ValueNotSetError, match=r"model\.layer1\.output \(call 0, invoke 0\).*not saved"):
+    with pytest.raises(ValueNotSetError, match=r"model\.layer2\.output \(call 0, invoke 0\).*not saved"):
         hidden.value
     with pytest.raises(ValueNotSetError, match=r"call \.save\(\) on it inside the trace"):
         with model.trace(X):

@@ -14,7 +14,7 @@ from nnsight_core.errors import (EnvoyAttributeError, GenerationLengthError, Gra
                                  GraphFormatError, GraphLimitError, InputError, MissedCallError,
                                  ModelKeyError, NodeLimitError, RemoteError, RequestSizeError,
                                  RequestTimeoutError, SavedBytesError, VersionSkewError)
-from nnsight_core.serialize import Limits
+from nnsight_core.serialize import VERSION as GRAPH_SCHEMA, Limits
 from nnsight_remote import ModelServer, ServerLimits
 from nnsight_remote import wire
 from nnsight_remote.client import build_request, remote_exception
@@ -167,7 +167,7 @@ def test_version_skew_names_both_versions():
         client.layer1.output.save()
     header, tensors = wire.unpack(build_request(tracer, "net", False))
     header["client"]["graph_schema"] = 99
-    with pytest.raises(VersionSkewError, match="graph schema 99.*graph schema 1"):
+    with pytest.raises(VersionSkewError, match=f"graph schema 99.*graph schema {GRAPH_SCHEMA}"):
         server.validate(wire.pack(header, tensors))
     body = bytearray(build_request(tracer, "net", False))
     body[4] = 7                                   # protocol 7
