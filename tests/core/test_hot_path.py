@@ -81,6 +81,22 @@ def test_users_are_kept_by_the_graph_and_read_through_nodes():
     assert graph.assignments == [edit, inplace] and graph.starts == [cond, constant]
 
 
+def test_a_saved_attribute_stays_a_node_when_it_is_then_called():
+    """``m = h.sum; m.save(); m()``: a call of an unused attribute normally replaces its getattr
+    node by a call_method; a saved one is kept (its value is returned after the trace)."""
+    net = make_net()
+    model, x = NNsight(net), torch.rand(2, 5)
+    with torch.no_grad(), model.trace(x) as tracer:
+        method = model.layer1.output.sum
+        method.save()
+        total = method().save()
+    assert [n.op for n in tracer.graph.nodes] == ["output", "getattr", "call_method"]
+    with torch.no_grad():
+        expected = net.layer1(x)
+        torch.testing.assert_close(total.value, expected.sum())
+        torch.testing.assert_close(method.value(), expected.sum())
+
+
 def test_the_one_call_constructors_record_what_create_node_records():
     fast, slow = Graph(), Graph()
     cond_fast = fast.create_node("apply", bool, (True,))

@@ -42,6 +42,25 @@ def test_cond_runs_the_block_only_when_true(threshold, taken):
         assert not bool((outside.value == 0).all())
 
 
+@pytest.mark.parametrize("threshold, taken", [(-1e9, True), (1e9, False)])
+def test_saving_inside_cond_a_value_recorded_outside_keeps_it_only_when_true(threshold, taken):
+    net = make_net()
+    model = NNsight(net)
+    with torch.no_grad(), model.trace(X) as tracer:
+        hidden = model.layer1.output
+        with tracer.cond(hidden.mean() > threshold):
+            kept = hidden.save()
+    assert kept is not hidden and kept.node.op == "save" and not hidden.node.saved
+    if taken:
+        with torch.no_grad():
+            torch.testing.assert_close(kept.value, net.layer1(X), rtol=0, atol=0)
+    else:
+        with pytest.raises(ValueNotSetError, match="condition of its tracer.cond"):
+            kept.value
+    with pytest.raises(ValueNotSetError, match="not saved"):
+        hidden.value
+
+
 def test_nested_conds_need_both():
     net = make_net()
     model = NNsight(net)
