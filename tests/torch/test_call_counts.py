@@ -27,9 +27,9 @@ EMPTY_TRACE = 25
 #: a .next() step with its save) may add: the target, what a raw hook costs.
 PER_INTERVENTION = 12
 #: What each costs now (pinned below the target; raise only with a reason in the commit):
-#: a save records two nodes (2 calls + the property and .save(); its two proxies are made
-#: without an __init__ call) and runs in the hook's short event path (2 calls); an edit also
-#: runs its setitem node and copies the rows.
+#: a save records one node and marks it saved (Graph.create_module_value and Graph.save: 2
+#: calls + the property and .save(); its proxy is made without an __init__ call) and runs in
+#: the hook's short event path (2 calls); an edit also runs its setitem node and copies the rows.
 PER_SAVE = 6
 PER_EDIT = 10
 PER_NEXT_SAVE = 5
