@@ -451,7 +451,7 @@ class Graph:
         """Keep ``node``'s value after the trace; return the node whose value is kept.
 
         Without a condition that is ``node`` itself, marked ``saved`` and listed in
-        :attr:`saves`: saving records nothing (``.save()`` is the commonest record of all, and
+        ``saves``: saving records nothing (``.save()`` is the commonest record of all, and
         a node of its own would cost a record and a run). Under a condition (``cond``, the
         innermost open ``tracer.cond`` block's node) it is a new ``save`` node of ``node``,
         which runs only when the condition holds; it is recorded at ``node``'s line (saving
