@@ -70,7 +70,8 @@ class EditRunner(Runner):
         graph = self._graph
         if exc_type is not None:
             return
-        for node in graph.saves:
+        if graph.saves:
+            node = graph.saves[0]
             saved = node.args[0] if node.op == "save" else node
             at = node.source()
             raise TraceStateError(
