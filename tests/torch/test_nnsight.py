@@ -109,6 +109,21 @@ def test_wrapper_attributes(net):
     assert next(net.parameters()).dtype == torch.float64
 
 
+def test_save_returns_the_proxy_and_saves_the_value_for_every_reader(net):
+    """``.save()`` marks the value (as nnsight's ``save()`` returns ``self``): reading one module
+    value twice at one call is one proxy, so saving it through either keeps it for both."""
+    model, x = NNsight(net), torch.rand(2, 5)
+    with torch.no_grad(), model.trace(x) as tracer:
+        first = model.layer1.output
+        again = model.layer1.output.save()
+        twice = again.save()
+    assert first is again is twice
+    assert [(n.op, n.saved) for n in tracer.graph.nodes] == [("output", True)]
+    with torch.no_grad():
+        expected = net.layer1(x)
+    torch.testing.assert_close(first.value, expected, rtol=0, atol=0)
+
+
 def test_empty_trace_equals_plain_forward_bit_for_bit(net):
     x = torch.rand(4, 5)
     model = NNsight(net)
