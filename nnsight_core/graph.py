@@ -25,7 +25,7 @@ from ._tree import map_structure
 from .errors import InvokeError
 
 __all__ = ["Graph", "Node", "Iteration", "OPS", "MODULE_VALUE_OPS", "FED_OPS", "EVENT_KIND", "EMPTY",
-           "display_path", "format_value", "make_node", "copy_node", "register", "map_arg",
+           "display_path", "format_value", "dependencies", "make_node", "copy_node", "register", "map_arg",
            "nodes_in", "format_location"]
 
 #: The closed vocabulary of node operations, with what ``target`` and ``args`` hold.
@@ -148,6 +148,23 @@ def map_arg(value: Any, fn: Callable[[Node], Any]) -> Any:
     """Apply ``fn`` to every :class:`Node` inside nested arguments (tuple, list, dict, slice);
     other leaves stay as they are."""
     return map_structure(value, lambda leaf: fn(leaf) if type(leaf) is Node else leaf)
+
+
+def dependencies(args: tuple, kwargs: dict) -> Tuple[Dict[int, Node], bool]:
+    """The distinct nodes inside ``args`` and ``kwargs`` (index to node, in order), and whether
+    none of them is nested inside a container (a node's ``_flat``: execution then reads its
+    arguments without walking them)."""
+    deps: Dict[int, Node] = {}
+    flat = True
+    for a in args:
+        kind = type(a)
+        if kind is Node:
+            deps[a.index] = a
+        elif kind in _CONTAINERS and _collect(a, deps):
+            flat = False
+    if kwargs and _collect(kwargs, deps):
+        flat = False
+    return deps, flat
 
 
 def nodes_in(value: Any) -> List[Node]:
@@ -339,32 +356,31 @@ class Graph:
         ``cond`` is the condition node the new node runs under (the innermost
         open ``tracer.cond`` block's); module values fed by hooks are never
         conditional.
+
+        Raises:
+            ValueError: ``op`` is not in :data:`OPS`.
         """
-        # What make_node() and register() do, written out: recording is the hot path of a
-        # trace, and this keeps each recorded node to this one call.
         if op not in OPS:
             raise ValueError(f"unknown graph operation {op!r}; the vocabulary is {sorted(OPS)}")
         kwargs = kwargs or {}
         if type(args) is not tuple:
             args = tuple(args)
-        deps: Dict[int, Node] = {}
-        flat = True
-        for a in args:
-            kind = type(a)
-            if kind is Node:
-                deps[a.index] = a
-            elif kind in _CONTAINERS:
-                if kind is tuple and INDEX_TYPES.issuperset(map(type, a)):
-                    for item in a:
-                        if type(item) is slice and not SCALAR_TYPES.issuperset(
-                                (type(item.start), type(item.stop), type(item.step))):
-                            break
-                    else:
-                        continue  # constants only (an index such as `[:, 0]`): no node inside
-                if _collect(a, deps):
-                    flat = False
-        if kwargs and _collect(kwargs, deps):
-            flat = False
+        deps, flat = dependencies(args, kwargs)
+        return self.append_node(op, target, args, kwargs, deps, flat, invoke, where, cond)
+
+    def append_node(self, op: str, target: Any, args: tuple, kwargs: dict, deps: Dict[int, Node], flat: bool,
+                    invoke: Optional[int], where: Optional[Tuple[str, int]], cond: Optional[Node]) -> Node:
+        """Append a node whose arguments the caller has already walked: what :meth:`create_node`
+        does after finding ``deps`` (index to node, every node inside ``args``/``kwargs``) and
+        ``flat`` (whether no node is nested inside a container) with :func:`dependencies`.
+
+        The recording hot path (:class:`~nnsight_core.proxy.Proxy` operations) finds both while
+        it turns proxies into nodes, so each recorded operation walks its arguments once.
+        ``op`` must be a key of :data:`OPS` and ``deps`` a dict the node may keep (``cond`` is
+        added to it).
+        """
+        # What Node.__init__ and register() do, written out: recording is the hot path of a
+        # trace, and this keeps each recorded node to this one call.
         if op in FED_OPS:
             cond = None
         elif cond is not None:
@@ -587,16 +603,7 @@ def make_node(graph: Graph, index: int, op: str, target: Any, args: tuple, kwarg
     if op not in OPS:
         raise ValueError(f"unknown graph operation {op!r}; the vocabulary is {sorted(OPS)}")
     kwargs = kwargs or {}
-    deps: Dict[int, Node] = {}
-    flat = True
-    for a in args:
-        kind = type(a)
-        if kind is Node:
-            deps[a.index] = a
-        elif kind in _CONTAINERS and _collect(a, deps):
-            flat = False
-    if kwargs and _collect(kwargs, deps):
-        flat = False
+    deps, flat = dependencies(args, kwargs)
     if cond is not None:
         deps[cond.index] = cond
     node = Node(graph, index, op, target, args if type(args) is tuple else tuple(args),

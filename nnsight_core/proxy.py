@@ -25,7 +25,7 @@ from . import _state
 from ._tree import map_structure
 from .errors import (GradientError, ProxyCallError, ProxyControlFlowError, ProxyScopeError, TraceStateError,
                      ValueNotSetError)
-from .graph import EMPTY, INDEX_TYPES, SCALAR_TYPES, Graph, Node
+from .graph import EMPTY, INDEX_TYPES, SCALAR_TYPES, Graph, Node, nodes_in
 
 if TYPE_CHECKING:
     from .tracer import Runner
@@ -417,7 +417,11 @@ def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
         return apply_op(op, target, map_structure(args, _as_value), map_structure(kwargs, _as_value))
     state = runners[-1].trace_state
     graph = state.graph
+    # One walk of the arguments: proxies become nodes and the nodes are collected as the
+    # node's dependencies (what Graph.create_node would walk them again for).
     converted = []
+    deps: Dict[int, Node] = {}
+    flat = True
     for value in args:
         kind = type(value)
         if kind in _CONTAINERS:
@@ -430,11 +434,21 @@ def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
                     converted.append(value)  # constants only (an index such as `[:, 0]`)
                     continue
             value = map_structure(value, lambda v: _as_arg(v, graph))
+            for dep in nodes_in(value):
+                deps[dep.index] = dep
+                flat = False
         elif isinstance(value, Proxy):
-            value = value.node if value._trace.graph is graph else _as_arg(value, graph)
+            if value._trace.graph is graph:  # the proxy's trace records into `graph`
+                value = value.node
+                deps[value.index] = value
+            else:
+                value = _as_arg(value, graph)
         converted.append(value)
     if kwargs:
         kwargs = map_structure(kwargs, lambda v: _as_arg(v, graph))
+        for dep in nodes_in(kwargs):
+            deps[dep.index] = dep
+            flat = False
     # The user's line, without a call when the frames above are known already (the usual case).
     frame, internal = sys._getframe(1), _state._internal_code
     while frame is not None and internal.get(frame.f_code):
@@ -444,8 +458,8 @@ def _record(cls: type, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
     else:
         where = _state.user_location(2)
     conds = state.conds
-    node = graph.create_node(op, target, tuple(converted), kwargs, invoke=state.invoke,
-                             where=where, cond=conds[-1] if conds else None)
+    node = graph.append_node(op, target, tuple(converted), kwargs, deps, flat, state.invoke, where,
+                             conds[-1] if conds else None)
     return None if op == "setitem" else cls(node, state)
 
 

@@ -528,7 +528,8 @@ def _assigns_constant(node: Node) -> bool:
             elif kind is dict:
                 stack.extend(item.values())
             elif kind is slice:
-                stack.extend((item.start, item.stop, item.step))
+                if not SCALAR_TYPES.issuperset((type(item.start), type(item.stop), type(item.step))):
+                    stack.extend((item.start, item.stop, item.step))
             elif isinstance(item, torch.Tensor):
                 return True
     return False

@@ -97,6 +97,34 @@ def test_a_saved_attribute_stays_a_node_when_it_is_then_called():
         torch.testing.assert_close(method.value(), expected.sum())
 
 
+def test_recording_finds_the_dependencies_create_node_would_find():
+    """Proxy operations collect a node's dependencies while converting its arguments
+    (Graph.append_node); they must equal what graph.dependencies() finds in the recorded
+    arguments, for every kind of argument."""
+    from nnsight_core.graph import dependencies
+
+    net = make_net()
+    model, x = NNsight(net), torch.rand(2, 5)
+    with torch.no_grad(), model.trace(x):
+        earlier = model.layer1.output.save()
+    with torch.no_grad(), model.trace(x) as tracer:
+        a, b = model.layer1.output, model.layer2.output
+        a[:, 0] = 0                                       # constant index tuple
+        a[:, a.argmax(dim=1)[0]] = 1                      # a node inside the index
+        torch.cat([a, a * 2], dim=1)                      # nodes inside a list
+        torch.nn.functional.softmax(a, dim=-1)            # a node and a keyword
+        torch.add(a, other=b.sum())                       # a node as a keyword argument
+        a + earlier                                       # a value of an earlier trace: a constant
+        with tracer.cond(b.sum() > -1e9):
+            (a - 1).save()                                # under a condition
+    for node in tracer.graph.nodes:
+        deps, flat = dependencies(node.args, node.kwargs)
+        if node.cond is not None:
+            deps[node.cond.index] = node.cond
+        assert node.deps == tuple(deps.values()), node
+        assert node._flat == flat, node
+
+
 def test_the_one_call_constructors_record_what_create_node_records():
     fast, slow = Graph(), Graph()
     cond_fast = fast.create_node("apply", bool, (True,))
