@@ -478,31 +478,8 @@ class Graph:
                 node.saved = True
                 self.saves.append(node)
             return node
-        self.guarded = True
-        saving = _new_node(Node)  # every slot is set below (a test checks that none is missed)
-        saving._graph = self._ref
-        saving.index = len(self.nodes)
-        saving.op = "save"
-        saving.target = None
-        saving.args = (node,)
-        saving.kwargs = {}
-        saving.deps = deps = (node,) if cond is node else (node, cond)
-        saving.invoke = invoke
-        saving.saved = True
-        saving.where = node.where
-        saving.mutated = False
-        saving.iteration = None
-        saving.cond = cond
-        saving._flat = True
-        users = self.users
-        for dep in deps:
-            users[dep.index].append(saving)
-        users.append([])
-        self.nodes.append(saving)
-        self.saves.append(saving)
-        if self.iterations:
-            _template_of(saving)
-        return saving
+        # Conditional saves are rare: the general append (it adds the condition to the deps).
+        return self.append_node("save", None, (node,), {}, {node.index: node}, True, invoke, node.where, cond)
 
     def require(self, invoke: int, name: str, value: Any) -> None:
         """Record that what invoke ``invoke`` recorded holds only for inputs whose ``name`` is ``value``.

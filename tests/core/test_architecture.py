@@ -213,7 +213,7 @@ def test_interleaver_docstring_example_runs_a_graph_twice():
 
 
 def test_the_fast_node_constructors_set_every_slot_as_node_init_does():
-    """Graph.create_node, create_module_value, save (under a condition) and copy_node fill a Node's slots
+    """Graph.create_node (append_node), create_module_value, save (under a condition) and copy_node fill a Node's slots
     directly (one call per node on the hot path); a slot added to Node.__init__ but not to them
     would be missing on recorded nodes."""
     graph = Graph()
